@@ -1,0 +1,7 @@
+package main
+
+import "runtime"
+
+func runtimeVersion() string {
+	return runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+}
