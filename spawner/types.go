@@ -107,6 +107,9 @@ var (
 type Lease struct {
 	Silo       string
 	SocketPath string // host path of the postmaster's .s.PGSQL.5432
+	// ColdStart is true when the silo was stopped and Acquire started it
+	// (the "cold" value of silo_proxy_connect_duration_seconds{start}).
+	ColdStart bool
 	once       sync.Once
 	release    func()
 }
