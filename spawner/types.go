@@ -110,8 +110,8 @@ type Lease struct {
 	// ColdStart is true when the silo was stopped and Acquire started it
 	// (the "cold" value of silo_proxy_connect_duration_seconds{start}).
 	ColdStart bool
-	once       sync.Once
-	release    func()
+	once      sync.Once
+	release   func()
 }
 
 // Release gives the lease back. It is safe to call more than once.
