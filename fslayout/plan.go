@@ -67,6 +67,34 @@ func (k OpKind) String() string {
 	return fmt.Sprintf("OpKind(%d)", uint8(k))
 }
 
+// MountFlags are mount flags an op asks for beyond ReadOnly. They are
+// kernel MS_* flags, not filesystem options, so they cannot travel in Data
+// (tmpfs rejects "nosuid" as an unknown parameter).
+type MountFlags uint8
+
+const (
+	// NoSuid is MS_NOSUID.
+	NoSuid MountFlags = 1 << iota
+	// NoDev is MS_NODEV.
+	NoDev
+	// NoExec is MS_NOEXEC.
+	NoExec
+)
+
+func (f MountFlags) String() string {
+	var words []string
+	if f&NoSuid != 0 {
+		words = append(words, "nosuid")
+	}
+	if f&NoDev != 0 {
+		words = append(words, "nodev")
+	}
+	if f&NoExec != 0 {
+		words = append(words, "noexec")
+	}
+	return strings.Join(words, ",")
+}
+
 // MountOp is one step of a plan. Target is always an absolute, clean path
 // inside the silo's root.
 type MountOp struct {
@@ -80,11 +108,25 @@ type MountOp struct {
 	// Origin says why the op is in the plan (e.g. "layout minimal: bindir",
 	// "config.yaml:14"), so an executor failure can name the mount's origin.
 	Origin string
+	// Flags are applied with the mount (binds: with the read-only remount
+	// pass; tmpfs and proc: at mount time).
+	Flags MountFlags
 }
 
 // Plan is the ordered list of operations that builds a silo's root.
+//
+// Ops run top-down inside an empty tmpfs root. Before each op the executor
+// creates the missing parent directories of Target (mode 0755) and, for
+// OpBind and OpDev, the mount point itself: a directory when Source is a
+// directory, an empty file otherwise. Build guarantees that no such
+// creation happens inside a bind mount (the mount point must already exist
+// in its source tree) or through a symlink of the plan.
 type Plan struct {
 	Ops []MountOp
+	// Notes record what Build left out and why (e.g. a module of pkglibdir
+	// whose libraries this host lacks). `silo-proxy layout` prints them as
+	// comments.
+	Notes []string
 }
 
 // modeWord is the last column of a printed plan line.

@@ -9,6 +9,11 @@ type Install struct {
 	ShareDir  string // pg_config --sharedir: catalogs, extensions, timezonesets
 	// Major is the server's major version ("15"), from `postgres --version`.
 	Major string
+	// SystemTZData is the directory given to configure as
+	// --with-system-tzdata (Debian: /usr/share/zoneinfo): the server reads
+	// time zones there instead of ShareDir/timezone. Empty when pg_config
+	// does not report it.
+	SystemTZData string
 }
 
 // Spec is everything Build needs to compute one silo's plan.
