@@ -67,21 +67,21 @@ func (k OpKind) String() string {
 	return fmt.Sprintf("OpKind(%d)", uint8(k))
 }
 
-// MountFlags are mount flags an op asks for beyond ReadOnly. They are
+// OpFlags are mount flags an op asks for beyond ReadOnly. They are
 // kernel MS_* flags, not filesystem options, so they cannot travel in Data
 // (tmpfs rejects "nosuid" as an unknown parameter).
-type MountFlags uint8
+type OpFlags uint8
 
 const (
 	// NoSuid is MS_NOSUID.
-	NoSuid MountFlags = 1 << iota
+	NoSuid OpFlags = 1 << iota
 	// NoDev is MS_NODEV.
 	NoDev
 	// NoExec is MS_NOEXEC.
 	NoExec
 )
 
-func (f MountFlags) String() string {
+func (f OpFlags) String() string {
 	var words []string
 	if f&NoSuid != 0 {
 		words = append(words, "nosuid")
@@ -110,7 +110,7 @@ type MountOp struct {
 	Origin string
 	// Flags are applied with the mount (binds: with the read-only remount
 	// pass; tmpfs and proc: at mount time).
-	Flags MountFlags
+	Flags OpFlags
 }
 
 // Plan is the ordered list of operations that builds a silo's root.
