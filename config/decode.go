@@ -283,6 +283,49 @@ func (d *decoder) path(f field) (string, bool) {
 	return filepath.Clean(s), true
 }
 
+// yamlScannerProblems are the messages yaml.v3's scanner produces. yaml.v3
+// numbers lines from 1 for scanner errors but from 0 for parser errors (it
+// adds one only for the former), so the two must be told apart to name the
+// right line.
+var yamlScannerProblems = []string{
+	"block sequence entries are not allowed",
+	"could not find expected",
+	"did not find expected alphabetic",
+	"did not find expected comment or line break",
+	"did not find expected digit",
+	"did not find expected hexdecimal",
+	"did not find expected version",
+	"did not find expected whitespace",
+	"did not find the expected '>'",
+	"exceeded max depth",
+	"found a tab character",
+	"found an indentation indicator",
+	"found character that cannot start any token",
+	"found extremely long",
+	"found invalid Unicode",
+	"found unexpected document indicator",
+	"found unexpected end of stream",
+	"found unexpected non-alphabetical",
+	"found unknown directive",
+	"found unknown escape",
+	"mapping keys are not allowed",
+	"mapping values are not allowed",
+	"control characters are not allowed",
+	"invalid leading UTF-8 octet",
+	"invalid trailing UTF-8 octet",
+	"incomplete UTF-8 octet sequence",
+	"invalid Unicode character",
+}
+
+func isScannerProblem(msg string) bool {
+	for _, p := range yamlScannerProblems {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // yamlLineRE pulls the line number out of yaml.v3 syntax errors, which are
 // plain strings like "yaml: line 7: did not find expected key".
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
@@ -329,6 +372,9 @@ func (d *decoder) yamlError(err error) {
 		}
 		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 			line, _ := strconv.Atoi(m[1])
+			if !isScannerProblem(m[2]) {
+				line++
+			}
 			d.bad(line, "", "invalid YAML: %s", m[2])
 			continue
 		}
