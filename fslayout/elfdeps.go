@@ -2,7 +2,6 @@ package fslayout
 
 import (
 	"debug/elf"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -133,12 +132,11 @@ func (r *Resolver) object(p string) (*elfObject, error) {
 	if o, ok := r.objects[p]; ok {
 		return o, nil
 	}
+	if !IsELF(p) {
+		return nil, &ELFError{Path: p, Err: ErrNotELF}
+	}
 	f, err := elf.Open(p)
 	if err != nil {
-		var fe *elf.FormatError
-		if errors.As(err, &fe) {
-			return nil, &ELFError{Path: p, Err: errors.Join(ErrNotELF, err)}
-		}
 		return nil, &ELFError{Path: p, Err: err}
 	}
 	defer f.Close()
