@@ -54,9 +54,11 @@ func (s *backendScanner) scan(p []byte) (int, error) {
 				return -1, fmt.Errorf("postmaster sent message %q with invalid length %d", s.typ, length)
 			}
 			s.left = int(length) - 4
-			s.keyN = 0
-			if s.typ == msgBackendKeyData && (s.left < 8 || s.left > maxBackendKeyDataBody) {
-				return -1, fmt.Errorf("postmaster sent BackendKeyData of invalid length %d", length)
+			if s.typ == msgBackendKeyData {
+				if s.left < 8 || s.left > maxBackendKeyDataBody {
+					return -1, fmt.Errorf("postmaster sent BackendKeyData of invalid length %d", length)
+				}
+				s.keyN, s.keyOK = 0, false
 			}
 			if s.left == 0 {
 				if end, done := s.finish(off); done {

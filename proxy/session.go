@@ -71,6 +71,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	defer lease.Release()
 	server, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: lease.SocketPath, Net: "unix"})
 	if err != nil {
+		lease.Release()
 		s.reject(conn, log, silo, resultUnavailable, &ClientError{
 			SQLState: SQLStateCannotConnectNow,
 			Message:  "the database system is not accepting connections",
