@@ -177,9 +177,8 @@ func FuzzParseLDCache(f *testing.F) {
 	f.Add(encodeLDCache(binary.BigEndian, ldCacheEndianBE, sampleEntries[:1]))
 	f.Add(encodeLDCache(binary.LittleEndian, ldCacheEndianLE, nil))
 	f.Add([]byte(ldCacheOldMagic))
-	if b, err := os.ReadFile(hostLDCache); err == nil && len(b) < 1<<16 {
-		f.Add(b)
-	}
+	// The host's cache is not a seed: the fuzzer minimises every new
+	// input derived from a 30 KiB seed byte by byte, which stalls it.
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseLDCache(b)
 		if err != nil {
