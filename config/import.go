@@ -60,7 +60,7 @@ func ImportPgSilo(path string) ([]byte, error) {
 			name, dbs = importSiloName(e.Database, used), []string{e.Database}
 			item.HeadComment = fmt.Sprintf("%s:%d: database %s", abs, e.Line, e.Database)
 			if name != e.Database {
-				item.HeadComment += fmt.Sprintf("\nsilo named %q: %s", name, siloNameRule)
+				item.HeadComment += fmt.Sprintf("\nsilo named %q: silo names are [a-z0-9_-] (they become directory and cgroup names)", name)
 			}
 		}
 		dbSeq := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}

@@ -65,7 +65,8 @@ func Load(path string) (*Config, error) {
 // Parse is Load on data already read from path: path names the file in
 // problems and its directory anchors relative paths. Files the config
 // refers to (whitelists, custom_fs_layout, mount sources, TLS files) are
-// still read or checked on disk.
+// still read or checked on disk. An empty path stands for a file in the
+// working directory and is named "<config>" in problems.
 func Parse(data []byte, path string) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {

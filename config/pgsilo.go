@@ -68,7 +68,9 @@ func ParseLayout(data []byte, name string) ([]LayoutEntry, error) {
 }
 
 // ParseWhitelist reads and parses a pgSilo whitelist file into mounts whose
-// Origin is "PATH:LINE".
+// Origin is "PATH:LINE". Sources are cleaned; targets are returned as
+// written, because cleaning "/../x" would hide that it climbs out of the
+// silo root: Load cleans them and rejects escapes and reserved targets.
 func ParseWhitelist(path string) ([]Mount, error) {
 	data, err := readPgSiloFile(path)
 	if err != nil {

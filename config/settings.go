@@ -271,6 +271,26 @@ var reservedTargets = []struct {
 	{"/etc/group", "the silo's generated group database is written there"},
 }
 
+// IsReservedTarget reports whether p (an absolute path inside a silo) is
+// one of the paths the silo's own mount plan provides, or below one, and
+// therefore cannot be the target of a whitelist mount.
+func IsReservedTarget(p string) bool {
+	c := filepath.Clean(p)
+	path, _ := reservedBy(c)
+	return c == "/" || path != ""
+}
+
+// reservedBy returns the reserved path that the cleaned target c is, or is
+// below, and why it is reserved; "" when c is free.
+func reservedBy(c string) (path, why string) {
+	for _, r := range reservedTargets {
+		if c == r.path || strings.HasPrefix(c, r.path+"/") {
+			return r.path, r.why
+		}
+	}
+	return "", ""
+}
+
 // cleanTarget returns the cleaned form of a mount target, or why it is not
 // acceptable. A target is an absolute path inside the silo; ".." may not
 // climb above the silo's root, which is what filepath.Join(root, target)
@@ -305,10 +325,8 @@ func cleanTarget(t string) (string, string) {
 	if c == "/" {
 		return "", fmt.Sprintf("%q is the silo root itself; the root is assembled by silo-proxy and cannot be replaced by a mount", t)
 	}
-	for _, r := range reservedTargets {
-		if c == r.path || strings.HasPrefix(c, r.path+"/") {
-			return "", fmt.Sprintf("%q collides with reserved path %s: %s", t, r.path, r.why)
-		}
+	if path, why := reservedBy(c); path != "" {
+		return "", fmt.Sprintf("%q collides with reserved path %s: %s", t, path, why)
 	}
 	return c, ""
 }
