@@ -32,6 +32,9 @@ type decoder struct {
 	dir     string // directory relative paths are resolved against
 	probs   *problems
 	aliases int
+	// stateDir is the resolved state_dir, decoded before any mount so that
+	// mount sources can be kept out of it.
+	stateDir string
 	// whitelists caches parsed whitelist files by path, so a file shared by
 	// several silos is read once.
 	whitelists map[string]*whitelistResult

@@ -156,6 +156,7 @@ func (d *decoder) config(data []byte, abs string) *Config {
 		}
 	}
 
+	d.stateDir = cfg.StateDir
 	defaults := &layer{}
 	if f, ok := top["defaults"]; ok {
 		df := d.fields(f.val, f.line(), f.path, settingKeys)

@@ -90,6 +90,26 @@ func TestParseWhitelist(t *testing.T) {
 			t.Errorf("got %+v\nwant %+v", got, want)
 		}
 	})
+	accepted := []struct {
+		name, data string
+		want       int
+	}{
+		{"comment line", "# /a /b ro\n", 0},
+		{"indented comment", "   #/a /b ro\n", 0},
+		{"blank lines", "\n\n \t \n", 0},
+		{"trailing comment", "/a /b ro #no space needed before text\n", 1},
+		{"no final newline", "/a /b rw", 1},
+		{"CRLF line ends", "/a /b ro\r\n/c /d rw\r\n", 2},
+	}
+	for _, tc := range accepted {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ParseWhitelistData([]byte(tc.data), "x.wl")
+			if err != nil || len(got) != tc.want {
+				t.Errorf("got %d mounts, %v; want %d", len(got), err, tc.want)
+			}
+		})
+	}
 	bad := []struct {
 		name, data string
 		line       int

@@ -245,6 +245,9 @@ func (d *decoder) checkMountAt(m Mount, file string, srcLine, dstLine int, srcKe
 		d.probs.add(file, srcLine, srcKey, "%s", msg)
 	} else {
 		m.Source = filepath.Clean(m.Source)
+		if msg := stateDirProblem(m.Source, d.stateDir); msg != "" {
+			d.probs.add(file, srcLine, srcKey, "%s", msg)
+		}
 	}
 	target, msg := cleanTarget(m.Target)
 	if msg != "" {
@@ -350,6 +353,24 @@ func sourceProblem(src string) string {
 		return ""
 	}
 	return fmt.Sprintf("%q is a %s; only directories, regular files and devices can be bind-mounted", src, fileKind(mode))
+}
+
+// stateDirProblem explains why mounting src would expose state_dir, or
+// returns "". state_dir holds every silo's data directory, socket directory
+// and generated password; a silo that sees it could reach its neighbours'
+// postmaster sockets, which is exactly what silos exist to prevent. Both
+// paths are compared as cleaned text; symlinks are not followed.
+func stateDirProblem(src, stateDir string) string {
+	if stateDir == "" {
+		return ""
+	}
+	switch {
+	case src == stateDir || strings.HasPrefix(src, stateDir+"/"):
+		return fmt.Sprintf("%q is inside state_dir %s, which holds every silo's data and socket directories", src, stateDir)
+	case src == "/" || strings.HasPrefix(stateDir, src+"/"):
+		return fmt.Sprintf("%q contains state_dir %s, which holds every silo's data and socket directories; mount a narrower directory", src, stateDir)
+	}
+	return ""
 }
 
 // regularFileProblem explains why p is not an existing regular file, or

@@ -256,6 +256,34 @@ func TestValidationRules(t *testing.T) {
 ` + oneSilo,
 		},
 		{
+			name: "mount source inside state_dir",
+			bad: `state_dir: src
+defaults:
+  mounts:
+    - {source: {{dir}}/src, target: /state} #<
+` + oneSilo,
+			key: "defaults.mounts[0].source", msg: "is inside state_dir",
+			good: `state_dir: state
+defaults:
+  mounts:
+    - {source: {{dir}}/src, target: /state}
+` + oneSilo,
+		},
+		{
+			name: "mount source containing state_dir",
+			bad: `state_dir: src/state
+defaults:
+  mounts:
+    - {source: {{dir}}, target: /all} #<
+` + oneSilo,
+			key: "defaults.mounts[0].source", msg: "contains state_dir",
+			good: `state_dir: src/state
+defaults:
+  mounts:
+    - {source: {{dir}}/file, target: /all}
+` + oneSilo,
+		},
+		{
 			name: "mount source missing from entry",
 			bad: `defaults:
   mounts:
