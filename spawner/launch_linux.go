@@ -1,0 +1,942 @@
+package spawner
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/silo-proxy/silo-proxy/config"
+	"github.com/silo-proxy/silo-proxy/fslayout"
+)
+
+// Paths inside the bootstrap sandbox only: the superuser password initdb
+// reads with --pwfile lives on a tmpfs that only the silo's postgres uid
+// can enter, and that the running silo never has.
+const (
+	bootstrapSecretDir = "/run/silo-bootstrap"
+	bootstrapPwFile    = bootstrapSecretDir + "/pwfile"
+)
+
+// hbaConf is the whole pg_hba.conf of every silo: the postmaster listens
+// on its Unix socket only (listen_addresses=”), and every login, the
+// proxy's clients and the spawner's own, authenticates with SCRAM.
+const hbaConf = "# Written by silo-proxy. The postmaster listens only on its Unix socket\n" +
+	"# (listen_addresses=''), and every session authenticates with SCRAM.\n" +
+	"local all all scram-sha-256\n"
+
+// socketName is the postmaster's socket in the silo's socket directory;
+// the port is forced to 5432 on the command line.
+const socketName = ".s.PGSQL.5432"
+
+// killGrace is how long a silo that was sent SIGKILL (or whose proxy pipe
+// closed) may take to disappear before its cleanup stops waiting for its
+// log pipe.
+const killGrace = 5 * time.Second
+
+// hostLauncher starts silos on this host: it prepares their directories,
+// id ranges and passwords, bootstraps new data directories, and runs
+// silo-init through a re-exec of Executable.
+type hostLauncher struct {
+	exe      string
+	mode     Mode
+	ids      *idAllocator
+	log      *slog.Logger
+	stateDir string
+	lockFile *os.File
+
+	mu       sync.Mutex
+	installs map[string]fslayout.Install
+	plans    map[string]fslayout.Plan
+}
+
+// newHostLauncher takes the state_dir lock (one proxy per state_dir: two
+// would hand out the same id ranges and race on data directories).
+func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLauncher, error) {
+	mode, why := DetectMode()
+	if mode == ModeUnavailable {
+		return nil, fmt.Errorf("cannot run silos: %s", why)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("state_dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state_dir lock: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state_dir %s is in use by another silo-proxy (lock %s held)", cfg.StateDir, lock.Name())
+		}
+		return nil, fmt.Errorf("state_dir lock: %w", err)
+	}
+	log.Info("silo isolation mode", "mode", string(mode), "why", why)
+	return &hostLauncher{
+		exe:      exe,
+		mode:     mode,
+		ids:      &idAllocator{stateDir: cfg.StateDir, hostFiles: os.ReadFile},
+		log:      log,
+		stateDir: cfg.StateDir,
+		lockFile: lock,
+		installs: map[string]fslayout.Install{},
+		plans:    map[string]fslayout.Plan{},
+	}, nil
+}
+
+// newLauncher returns the launcher of this platform.
+func newLauncher(cfg *config.Config, exe string, log *slog.Logger) (launcher, error) {
+	return newHostLauncher(cfg, exe, log)
+}
+
+func (l *hostLauncher) close() {
+	if l.lockFile != nil {
+		l.lockFile.Close()
+	}
+}
+
+func (l *hostLauncher) install(bindir string) (fslayout.Install, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if inst, ok := l.installs[bindir]; ok {
+		return inst, nil
+	}
+	inst, err := fslayout.FindInstall(bindir)
+	if err != nil {
+		return fslayout.Install{}, err
+	}
+	l.installs[bindir] = inst
+	return inst, nil
+}
+
+// plan computes (once per distinct spec) a silo's mount plan. Build reads
+// ELF files; caching keeps it out of every cold start.
+func (l *hostLauncher) plan(spec fslayout.Spec) (fslayout.Plan, error) {
+	key, err := json.Marshal(spec)
+	if err != nil {
+		return fslayout.Plan{}, err
+	}
+	l.mu.Lock()
+	p, ok := l.plans[string(key)]
+	l.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err = fslayout.Build(spec)
+	if err != nil {
+		return fslayout.Plan{}, err
+	}
+	l.mu.Lock()
+	l.plans[string(key)] = p
+	l.mu.Unlock()
+	return p, nil
+}
+
+// idSetup is how a silo's user namespace maps ids.
+type idSetup struct {
+	rootless bool
+	rng      IDRange // privileged: the silo's block
+	uid, gid int     // rootless: the proxy's own ids
+}
+
+// hostID returns the host id of the namespace id n (the silo user 1000 in
+// rootless mode, the only one mapped).
+func (s idSetup) hostID(n int) int {
+	if s.rootless {
+		return s.uid
+	}
+	return s.rng.HostUID(n)
+}
+
+func (s idSetup) hostGID(n int) int {
+	if s.rootless {
+		return s.gid
+	}
+	return s.rng.HostUID(n)
+}
+
+// sysProcAttr returns the clone attributes of silo-init.
+func (s idSetup) sysProcAttr(network config.Network) *syscall.SysProcAttr {
+	flags := uintptr(unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	if network != config.NetworkHost {
+		flags |= unix.CLONE_NEWNET
+	}
+	attr := &syscall.SysProcAttr{
+		Cloneflags: flags,
+		// SIGKILL when the proxy (the thread that started us) dies; the
+		// config pipe's EOF covers the cases Pdeathsig misses.
+		Pdeathsig: syscall.SIGKILL,
+		// A session of its own: a Ctrl-C on the proxy's terminal must not
+		// reach the postmasters past the proxy's orderly shutdown.
+		Setsid: true,
+	}
+	if s.rootless {
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: fslayout.PostgresUID, HostID: s.uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: fslayout.PostgresGID, HostID: s.gid, Size: 1}}
+		attr.Credential = &syscall.Credential{Uid: fslayout.PostgresUID, Gid: fslayout.PostgresGID, NoSetGroups: true}
+		attr.AmbientCaps = []uintptr{capSysAdmin}
+		return attr
+	}
+	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.rng.HostID), Size: int(s.rng.Size)}}
+	attr.UidMappings = m
+	attr.GidMappings = m
+	// A privileged parent may allow setgroups: init's Credential then
+	// clears the supplementary groups it inherited from the proxy (the
+	// host's gid 0 among them), which would otherwise keep granting
+	// group access to host files from inside the silo.
+	attr.GidMappingsEnableSetgroups = true
+	attr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	return attr
+}
+
+// launchRequest is everything needed to start one silo.
+type launchRequest struct {
+	Config *config.Config
+	Silo   config.Silo
+	Log    *slog.Logger
+}
+
+// siloProc is a running silo as the Manager sees it.
+type siloProc interface {
+	// pid is the host pid of the postmaster.
+	pid() int
+	// shutdown asks the postmaster to stop in the given mode.
+	shutdown(mode StopMode) error
+	// kill ends the whole silo at once (SIGKILL to silo-init).
+	kill()
+	// done is closed once silo-init has exited and every resource of the
+	// silo is released.
+	done() <-chan struct{}
+	// exitErr is nil when the postmaster exited with status 0, else why
+	// the silo ended. Valid after done.
+	exitErr() error
+	usage() (Usage, bool)
+	// ensureDatabases creates the databases of dbs that do not exist yet.
+	ensureDatabases(ctx context.Context, dbs []string) error
+}
+
+// launcher starts silos; the Manager's tests substitute a fake.
+type launcher interface {
+	launch(ctx context.Context, req launchRequest) (siloProc, error)
+	close()
+}
+
+// launch prepares, bootstraps if needed, and starts the silo, and returns
+// once its postmaster accepts connections and every listed database
+// exists. Cancelling ctx kills a silo that is not ready yet.
+func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc, error) {
+	cfg, silo, log := req.Config, req.Silo, req.Log
+	if cfg.StateDir != l.stateDir {
+		return nil, fmt.Errorf("BUG: state_dir changed from %s to %s", l.stateDir, cfg.StateDir)
+	}
+	inst, err := l.install(cfg.Postgres.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	paths := cfg.Paths(silo.Name)
+	ids, err := l.idSetup(silo.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareDirs(cfg, paths, ids); err != nil {
+		return nil, err
+	}
+	password, err := superuserPassword(silo, paths)
+	if err != nil {
+		return nil, err
+	}
+	var cg *cgroup
+	if !ids.rootless {
+		if cg, err = createCgroup(cfg.StateDir, silo.Name, silo.Limits, l.log); err != nil {
+			return nil, err
+		}
+	}
+	p, err := l.start(ctx, req, inst, paths, ids, password, cg)
+	if err != nil {
+		if derr := cg.destroy(); derr != nil {
+			log.Warn("removing the silo's cgroup", "err", derr.Error())
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup) (*hostProcess, error) {
+	silo, log := req.Silo, req.Log
+	if _, err := os.Stat(paths.Data); errors.Is(err, fs.ErrNotExist) {
+		if err := l.bootstrap(ctx, req, inst, paths, ids, password, cg); err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	} else if err != nil {
+		return nil, err
+	}
+
+	spec := fslayout.Spec{
+		Silo:      silo.Name,
+		Layout:    silo.Layout,
+		Install:   inst,
+		DataDir:   paths.Data,
+		SocketDir: paths.Run,
+		Mounts:    silo.Mounts,
+	}
+	plan, err := l.plan(spec)
+	if err != nil {
+		return nil, err
+	}
+	if !ids.rootless {
+		if err := checkReachable(plan, ids.rng); err != nil {
+			return nil, err
+		}
+	}
+	// A socket or lock file left by a postmaster that was killed would
+	// only confuse the readiness probe; nothing else can be using the
+	// directory while we hold the state_dir lock.
+	for _, n := range []string{socketName, socketName + ".lock"} {
+		os.Remove(filepath.Join(paths.Run, n))
+	}
+	ic := l.initConfig(silo, paths, plan, ids)
+	ic.Postmaster = postmasterCommand(silo, inst)
+	p, err := l.spawn(ctx, silo, ic, ids, cg, log)
+	if err != nil {
+		return nil, err
+	}
+	p.socketDir = paths.Run
+	p.password = password
+	if err := p.waitStarted(ctx); err != nil {
+		p.kill()
+		<-p.done()
+		return nil, err
+	}
+	if err := waitReady(ctx, filepath.Join(paths.Run, socketName), p.done()); err != nil {
+		p.kill()
+		<-p.done()
+		if perr := p.exitErr(); perr != nil {
+			return nil, perr
+		}
+		return nil, err
+	}
+	if err := p.ensureDatabases(ctx, listedDatabases(silo.Databases)); err != nil {
+		p.kill()
+		<-p.done()
+		return nil, err
+	}
+	// From here on the process owns the cgroup and removes it on exit.
+	p.mu.Lock()
+	p.cg = cg
+	p.mu.Unlock()
+	return p, nil
+}
+
+func (l *hostLauncher) idSetup(silo string) (idSetup, error) {
+	if l.mode == ModeRootless {
+		return idSetup{rootless: true, uid: os.Geteuid(), gid: os.Getegid()}, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, err := l.ids.rangeFor(silo)
+	if err != nil {
+		return idSetup{}, err
+	}
+	return idSetup{rng: r}, nil
+}
+
+func (l *hostLauncher) initConfig(silo config.Silo, paths config.SiloPaths, plan fslayout.Plan, ids idSetup) *initConfig {
+	host := silo.Name
+	if len(host) > 64 {
+		host = host[:64] // HOST_NAME_MAX
+	}
+	return &initConfig{
+		Silo:      silo.Name,
+		Root:      paths.Root,
+		Plan:      plan,
+		Hostname:  host,
+		UID:       fslayout.PostgresUID,
+		GID:       fslayout.PostgresGID,
+		SetGroups: !ids.rootless,
+		Rootless:  ids.rootless,
+		Seccomp:   silo.Seccomp,
+	}
+}
+
+// siloEnv is the environment of initdb and the postmaster: nothing of the
+// proxy's own environment leaks into a silo.
+func siloEnv(inst fslayout.Install) []string {
+	return []string{
+		"PATH=" + inst.BinDir + ":/usr/bin:/bin",
+		"HOME=" + filepath.Dir(fslayout.DataTarget),
+		"LC_ALL=C",
+		"TZ=" + hostTimeZone(),
+	}
+}
+
+// postmasterCommand builds the postmaster's command line. The settings the
+// silo depends on come last, so postgres_settings cannot override them:
+// no TCP listener, the socket in /run/postgresql, port 5432 (the socket's
+// name).
+func postmasterCommand(silo config.Silo, inst fslayout.Install) *initCommand {
+	args := []string{"postgres", "-D", fslayout.DataTarget, "-c", "cluster_name=" + silo.Name}
+	keys := make([]string, 0, len(silo.PostgresSettings))
+	for k := range silo.PostgresSettings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "-c", k+"="+silo.PostgresSettings[k])
+	}
+	args = append(args,
+		"-c", "listen_addresses=",
+		"-c", "unix_socket_directories="+fslayout.SocketTarget,
+		"-c", "port=5432",
+	)
+	return &initCommand{Step: "postmaster", Path: inst.Postmaster(), Args: args, Env: siloEnv(inst), Dir: "/"}
+}
+
+// listedDatabases returns the explicitly listed databases (not "*").
+func listedDatabases(dbs []string) []string {
+	var out []string
+	for _, d := range dbs {
+		if d != config.CatchAll {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// prepareDirs creates the silo's host directories with the ownership its
+// uid range needs. The silo directory is 0711: the silo's init (host uid
+// id_base) must traverse it to bind data and run, but may not list it or
+// read the password file next to them.
+func prepareDirs(cfg *config.Config, paths config.SiloPaths, ids idSetup) error {
+	for _, d := range []string{filepath.Join(cfg.StateDir, "silos"), paths.Dir} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(cfg.BaseRootDir, 0o755); err != nil {
+		return fmt.Errorf("base_root_dir: %w", err)
+	}
+	if err := os.Mkdir(paths.Root, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("silo root: %w", err)
+	}
+	uid, gid := ids.hostID(fslayout.PostgresUID), ids.hostGID(fslayout.PostgresGID)
+	if err := os.Mkdir(paths.Run, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if err := os.Chown(paths.Run, uid, gid); err != nil {
+		return err
+	}
+	if err := os.Chmod(paths.Run, 0o700); err != nil {
+		return err
+	}
+	if st, err := os.Stat(paths.Data); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != uid {
+			return fmt.Errorf("data directory %s is owned by uid %d, but the silo's postgres user is host uid %d (was %s edited or the state_dir copied without its idmap?)", paths.Data, sys.Uid, uid, paths.IDMap)
+		}
+	}
+	return nil
+}
+
+// UnreachableError reports a bind source the silo's init cannot reach:
+// inside its user namespace it is the host uid id_base, without any
+// capability over host files, so every directory above the source must be
+// searchable by "others" (or owned by an id of the silo's range).
+type UnreachableError struct {
+	Source, Target, Origin string
+	Dir                    string
+	Mode                   fs.FileMode
+	UID, GID               uint32
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("bind %s -> %s (%s): not reachable by the silo's uid range: directory %s is mode %04o (owner %d:%d); allow others to traverse it (chmod o+x %s) or bind a path that is",
+		e.Source, e.Target, e.Origin, e.Dir, e.Mode.Perm(), e.UID, e.GID, e.Dir)
+}
+
+// checkReachable verifies, before anything starts, that every bind source
+// of plan is reachable by the silo's ids, so the operator gets a message
+// naming the directory instead of init's bare EACCES.
+func checkReachable(plan fslayout.Plan, r IDRange) error {
+	inRange := func(id uint32) bool { return id >= r.HostID && uint64(id) < r.end() }
+	seen := map[string]bool{}
+	for _, op := range plan.Ops {
+		if op.Kind != fslayout.OpBind && op.Kind != fslayout.OpDev {
+			continue
+		}
+		real, err := filepath.EvalSymlinks(op.Source)
+		if err != nil {
+			continue // missing sources are reported by init with the op
+		}
+		for dir := filepath.Dir(real); ; dir = filepath.Dir(dir) {
+			if !seen[dir] {
+				seen[dir] = true
+				var st unix.Stat_t
+				if err := unix.Stat(dir, &st); err == nil {
+					var ok bool
+					switch {
+					case inRange(st.Uid):
+						ok = st.Mode&0o100 != 0
+					case inRange(st.Gid):
+						ok = st.Mode&0o010 != 0
+					default:
+						ok = st.Mode&0o001 != 0
+					}
+					if !ok {
+						return &UnreachableError{Source: op.Source, Target: op.Target, Origin: op.Origin, Dir: dir,
+							Mode: fs.FileMode(st.Mode & 0o7777), UID: st.Uid, GID: st.Gid}
+					}
+				}
+			}
+			if dir == "/" {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// bootstrap initialises a new data directory: initdb runs in the silo's
+// own kind of sandbox (same namespaces, uid 1000) on the bootstrap plan,
+// which adds /bin/sh for initdb's popen() and a private tmpfs holding the
+// password file, into <data>.bootstrap; only a complete result is renamed
+// to data. A leftover .bootstrap directory is an interrupted earlier
+// attempt and is removed first, so a half-initialised data directory can
+// never be started.
+func (l *hostLauncher) bootstrap(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup) error {
+	silo, log := req.Silo, req.Log
+	tmp := paths.Data + ".bootstrap"
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("removing the interrupted bootstrap %s: %w", tmp, err)
+	}
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	uid, gid := ids.hostID(fslayout.PostgresUID), ids.hostGID(fslayout.PostgresGID)
+	if err := os.Chown(tmp, uid, gid); err != nil {
+		return err
+	}
+	begin := time.Now()
+	log.Info("bootstrapping a new data directory", "data", paths.Data)
+	plan, err := l.plan(fslayout.Spec{
+		Silo:      silo.Name,
+		Layout:    silo.Layout,
+		Install:   inst,
+		DataDir:   tmp,
+		SocketDir: paths.Run,
+		Mounts:    silo.Mounts,
+		Bootstrap: true,
+	})
+	if err != nil {
+		return err
+	}
+	if !ids.rootless {
+		if err := checkReachable(plan, ids.rng); err != nil {
+			return err
+		}
+	}
+	plan.Ops = append(plan.Ops[:len(plan.Ops):len(plan.Ops)],
+		fslayout.MountOp{Kind: fslayout.OpTmpfs, Target: bootstrapSecretDir,
+			Data:   fmt.Sprintf("mode=0700,uid=%d,gid=%d,size=64k", fslayout.PostgresUID, fslayout.PostgresGID),
+			Flags:  fslayout.NoSuid | fslayout.NoDev | fslayout.NoExec,
+			Origin: "bootstrap: password"},
+		fslayout.MountOp{Kind: fslayout.OpFile, Target: bootstrapPwFile, Content: []byte(password + "\n"), Mode: 0o444,
+			Origin: "bootstrap: password"},
+	)
+	ic := l.initConfig(silo, paths, plan, ids)
+	ic.Commands = []initCommand{{
+		Step: "initdb",
+		Path: inst.Initdb(),
+		Args: []string{"initdb",
+			"-D", fslayout.DataTarget,
+			"-U", fslayout.PostgresUser,
+			"--pwfile=" + bootstrapPwFile,
+			"--auth=scram-sha-256",
+			"-E", "UTF8",
+			"--locale=C",
+			"--no-instructions",
+		},
+		Env: siloEnv(inst),
+		Dir: "/",
+	}}
+	p, err := l.spawn(ctx, silo, ic, ids, cg, log)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-p.done():
+	case <-ctx.Done():
+		p.kill()
+		<-p.done()
+		return ctx.Err()
+	}
+	if err := p.exitErr(); err != nil {
+		return err
+	}
+	if !p.finished() {
+		return errors.New("initdb sandbox exited without reporting completion")
+	}
+	hba := filepath.Join(tmp, "pg_hba.conf")
+	if err := writeFileAtomic(hba, []byte(hbaConf), 0o600); err != nil {
+		return err
+	}
+	if err := os.Chown(hba, uid, gid); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, paths.Data); err != nil {
+		return err
+	}
+	if err := syncDir(paths.Dir); err != nil {
+		return err
+	}
+	log.Info("bootstrapped", "data", paths.Data, "took", time.Since(begin).Round(time.Millisecond))
+	return nil
+}
+
+// hostTimeZone names the host's time zone for initdb (which writes it into
+// postgresql.conf) and the postmaster: $TZ, else the zone /etc/localtime
+// links to, else UTC. Inside a silo /etc/localtime may not exist, so the
+// name is resolved here on the host.
+func hostTimeZone() string {
+	if tz := os.Getenv("TZ"); tz != "" && !strings.ContainsAny(tz, "\n\x00") {
+		return strings.TrimPrefix(tz, ":")
+	}
+	if link, err := os.Readlink("/etc/localtime"); err == nil {
+		if _, zone, ok := strings.Cut(link, "zoneinfo/"); ok && zone != "" {
+			return zone
+		}
+	}
+	return "UTC"
+}
+
+// hostProcess is a silo started by hostLauncher: silo-init and, below it,
+// the postmaster.
+type hostProcess struct {
+	name     string
+	log      *slog.Logger
+	cmd      *exec.Cmd
+	lifeline *os.File
+	tail     *logTail
+
+	socketDir string
+	password  string
+	// cg is the silo's cgroup once the silo is running; the process
+	// removes it after silo-init exits.
+	cg *cgroup
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when a report arrives
+	nsPid   int           // postmaster pid inside the silo, from "started"
+	hostPid int
+	// completed: the "done" report arrived (every command succeeded).
+	completed bool
+	failure   *InitError
+	exitRep   *initReport
+	err       error
+	doneCh    chan struct{}
+}
+
+// spawn starts silo-init with the config ic and returns at once.
+// cg, when not nil, receives silo-init before it reads its config, so the
+// postmaster and every backend are born inside the silo's cgroup.
+func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConfig, ids idSetup, cg *cgroup, log *slog.Logger) (*hostProcess, error) {
+	line, err := json.Marshal(ic)
+	if err != nil {
+		return nil, err
+	}
+	line = append(line, '\n')
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		return nil, err
+	}
+	logR, logW, err := os.Pipe()
+	if err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		repR.Close()
+		repW.Close()
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path:        l.exe,
+		Args:        []string{"silo-proxy", InitArg, silo.Name},
+		Env:         []string{envInitPipe + "=3", envReportPipe + "=4"},
+		ExtraFiles:  []*os.File{cfgR, repW},
+		Stdout:      logW,
+		Stderr:      logW,
+		SysProcAttr: ids.sysProcAttr(silo.Network),
+	}
+	err = cmd.Start()
+	cfgR.Close()
+	repW.Close()
+	logW.Close()
+	if err != nil {
+		cfgW.Close()
+		repR.Close()
+		logR.Close()
+		return nil, fmt.Errorf("starting silo-init (%s): %w", l.exe, err)
+	}
+	p := &hostProcess{
+		name:     silo.Name,
+		log:      log,
+		cmd:      cmd,
+		lifeline: cfgW,
+		tail:     &logTail{},
+		changed:  make(chan struct{}),
+		doneCh:   make(chan struct{}),
+	}
+	logDone := make(chan struct{})
+	go p.readLog(logR, logDone)
+	go p.monitor(repR, logDone)
+	// init blocks reading its config, so anything that must hold before
+	// the postmaster exists (its cgroup) is arranged here first.
+	if err := cg.addProcess(cmd.Process.Pid); err != nil {
+		p.kill()
+		<-p.done()
+		return nil, err
+	}
+	if _, err := cfgW.Write(line); err != nil {
+		p.kill()
+		<-p.done()
+		return nil, fmt.Errorf("sending the silo config to silo-init: %w", err)
+	}
+	return p, nil
+}
+
+// monitor reads init's reports until the pipe closes, then reaps init and
+// releases the silo's resources.
+func (p *hostProcess) monitor(rep *os.File, logDone <-chan struct{}) {
+	br := bufio.NewReaderSize(rep, 64<<10)
+	for {
+		line, err := readLine(br, maxInitMessage)
+		if err != nil {
+			break
+		}
+		r, err := decodeReport(line)
+		if err != nil {
+			p.log.Warn("unreadable report from silo-init", "err", err)
+			continue
+		}
+		p.mu.Lock()
+		switch r.Kind {
+		case reportStarted:
+			p.nsPid = r.Pid
+		case reportDone:
+			p.completed = true
+		case reportError:
+			p.failure = r.initError()
+		case reportExited:
+			rr := r
+			p.exitRep = &rr
+		}
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.mu.Unlock()
+	}
+	rep.Close()
+	waitErr := p.cmd.Wait()
+	select {
+	case <-logDone:
+	case <-time.After(killGrace):
+		// A process of the silo still holds the log pipe: it cannot
+		// outlive the pid namespace for long, and the status is known.
+	}
+	p.lifeline.Close()
+	p.mu.Lock()
+	cg := p.cg
+	p.mu.Unlock()
+	if err := cg.destroy(); err != nil {
+		p.log.Warn("removing the silo's cgroup", "err", err.Error())
+	}
+	p.mu.Lock()
+	p.err = p.describeExit(waitErr)
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+	close(p.doneCh)
+}
+
+// describeExit turns the reports and init's wait status into the silo's
+// exit error; nil for a postmaster that exited 0, or a bootstrap that
+// completed.
+func (p *hostProcess) describeExit(waitErr error) error {
+	if p.failure != nil {
+		return p.withLog(p.failure)
+	}
+	if r := p.exitRep; r != nil {
+		switch {
+		case r.Signal != 0:
+			return p.withLog(fmt.Errorf("postmaster killed by signal %s", syscall.Signal(r.Signal)))
+		case r.Code != 0:
+			return p.withLog(fmt.Errorf("postmaster exited with status %d", r.Code))
+		}
+		return nil
+	}
+	if p.completed && waitErr == nil {
+		return nil
+	}
+	if waitErr == nil {
+		return errors.New("silo-init exited without a report")
+	}
+	var ee *exec.ExitError
+	if errors.As(waitErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return p.withLog(fmt.Errorf("silo-init killed by signal %s", ws.Signal()))
+		}
+	}
+	return p.withLog(fmt.Errorf("silo-init: %w", waitErr))
+}
+
+// withLog adds the last error line the silo logged, the usual explanation
+// of a postmaster or initdb that gave up.
+func (p *hostProcess) withLog(err error) error {
+	if line := p.tail.lastProblem(); line != "" {
+		return &logError{Err: err, Line: line}
+	}
+	return err
+}
+
+// logError is an exit error with the postgres log line that explains it.
+type logError struct {
+	Err  error
+	Line string
+}
+
+func (e *logError) Error() string { return e.Err.Error() + " (log: " + e.Line + ")" }
+func (e *logError) Unwrap() error { return e.Err }
+
+// waitStarted waits for the "started" report and finds the postmaster's
+// host pid.
+func (p *hostProcess) waitStarted(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		ns, ch := p.nsPid, p.changed
+		p.mu.Unlock()
+		if ns != 0 {
+			p.findHostPid()
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-p.doneCh:
+			if err := p.exitErr(); err != nil {
+				return err
+			}
+			return errors.New("silo-init exited before starting the postmaster")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// findHostPid reads silo-init's only child, the postmaster, from
+// /proc/<init>/task/<init>/children.
+func (p *hostProcess) findHostPid() {
+	ipid := p.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ipid, ipid))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			p.mu.Lock()
+			p.hostPid = pid
+			p.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (p *hostProcess) finished() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.completed
+}
+
+func (p *hostProcess) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hostPid
+}
+
+// shutdown signals silo-init, which forwards the signal to the postmaster
+// (PID 1 of the silo would otherwise ignore it).
+func (p *hostProcess) shutdown(mode StopMode) error {
+	sig := syscall.SIGTERM
+	switch mode {
+	case StopFast:
+		sig = syscall.SIGINT
+	case StopImmediate:
+		sig = syscall.SIGQUIT
+	}
+	err := p.cmd.Process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+func (p *hostProcess) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+}
+
+func (p *hostProcess) done() <-chan struct{} { return p.doneCh }
+
+func (p *hostProcess) exitErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+func (p *hostProcess) usage() (Usage, bool) {
+	p.mu.Lock()
+	cg := p.cg
+	p.mu.Unlock()
+	return cg.usage()
+}
+
+func (p *hostProcess) ensureDatabases(ctx context.Context, dbs []string) error {
+	return ensureDatabases(ctx, p.socketDir, p.password, dbs, p.log)
+}
+
+// readLog logs every line silo-init and the postmaster write to stderr,
+// at a level taken from the postgres severity, and keeps the last lines
+// for error messages.
+func (p *hostProcess) readLog(r *os.File, done chan<- struct{}) {
+	defer close(done)
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 16<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line = strings.TrimRight(line, "\r\n"); line != "" {
+			lvl, text := postgresLogLevel(line)
+			p.tail.add(text)
+			p.log.Log(context.Background(), lvl, text, "source", "postgres")
+		}
+		if err != nil {
+			if err != io.EOF {
+				p.log.Debug("silo log pipe", "err", err)
+			}
+			return
+		}
+	}
+}
