@@ -163,17 +163,18 @@ func readLine(br *bufio.Reader, limit int) ([]byte, error) {
 	}
 }
 
-// confine is the last step before the silo's own programs start: drop what
-// init needed to build the root and must not pass on. In rootless mode
-// init's capabilities are ambient ones of the same uid the postmaster runs
-// as, and an exec would hand them down; clear them.
+// confine is the last step before the silo's own programs start, on the
+// locked thread that will fork them: drop every capability a child could
+// inherit or regain (in rootless mode init's capabilities are ambient
+// ones of the very uid the postmaster runs as, and an exec would hand
+// them down), set no_new_privs and RLIMIT_CORE, then install the seccomp
+// filter on every thread. init keeps its own effective capabilities,
+// which it needs only to signal the postmaster.
 func confine(cfg *initConfig) error {
-	if cfg.Rootless {
-		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-			return &os.SyscallError{Syscall: "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", Err: err}
-		}
+	if err := applyPrivileges(privilegeSpec{}); err != nil {
+		return err
 	}
-	return nil
+	return installSeccomp(cfg.Seccomp)
 }
 
 // startCommand starts c as the silo's postgres user with init's stdin and
