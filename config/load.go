@@ -54,6 +54,12 @@ var (
 // Load reads, decodes, resolves and validates the config file at path. When
 // the file is invalid the error is a *ValidationError listing every
 // problem with its file, line and key.
+//
+// Beyond the schema: a mount without mode is read-only; a silo may list
+// "*" together with ordinary databases (it then creates those at bootstrap
+// and also catches every unlisted database), but only one silo may hold
+// "*"; postgres_settings names are folded to lower case, as PostgreSQL
+// does; and no mount source may overlap state_dir.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
