@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -464,3 +465,5 @@ func frontendOf(c net.Conn) *pgproto3.Frontend {
 	fe, _ := frontends.LoadOrStore(c, pgproto3.NewFrontend(c, c))
 	return fe.(*pgproto3.Frontend)
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -116,29 +116,31 @@ func (s *Startup) CancelKey() []byte {
 // a missing user). A connection closed before its first byte yields io.EOF;
 // one closed mid-packet yields an error wrapping io.ErrUnexpectedEOF.
 func ReadStartup(r io.Reader, st *Startup) error {
-	var hdr [4]byte
-	if n, err := io.ReadFull(r, hdr[:]); err != nil {
+	// The length word is read into Raw's own storage: a local array would
+	// escape through the io.Reader interface and cost an allocation.
+	raw := st.Raw[:0]
+	if cap(raw) < minStartupPacketLength {
+		raw = make([]byte, 0, 512)
+	}
+	*st = Startup{Raw: raw[:4]}
+	if n, err := io.ReadFull(r, st.Raw); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
 			return io.EOF
 		}
 		return fmt.Errorf("reading startup packet length: %w", err)
 	}
-	*st = Startup{Raw: st.Raw[:0]}
-	if hdr[0] == tlsHandshakeRecord {
+	if st.Raw[0] == tlsHandshakeRecord {
 		st.Kind = KindDirectTLS
-		st.Raw = append(st.Raw, hdr[:]...)
 		return nil
 	}
-	length := binary.BigEndian.Uint32(hdr[:])
+	length := binary.BigEndian.Uint32(st.Raw)
 	if length < minStartupPacketLength || length > MaxStartupPacketLength {
 		return protocolViolation("invalid length of startup packet")
 	}
 	if cap(st.Raw) < int(length) {
-		st.Raw = make([]byte, length)
-	} else {
-		st.Raw = st.Raw[:length]
+		st.Raw = append(make([]byte, 0, length), st.Raw...)
 	}
-	copy(st.Raw, hdr[:])
+	st.Raw = st.Raw[:length]
 	if _, err := io.ReadFull(r, st.Raw[4:]); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
