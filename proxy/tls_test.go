@@ -76,9 +76,9 @@ func connectErr(t *testing.T, srv *Server, extra string) (*pgconn.PgConn, error)
 func TestTLS(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		mode    config.TLSMode
-		sslmode string
-		wantTLS bool
+		mode     config.TLSMode
+		sslmode  string
+		wantTLS  bool
 		sqlstate string
 	}{
 		{config.TLSAllow, "sslmode=require", true, ""},
