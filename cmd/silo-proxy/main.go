@@ -29,7 +29,10 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"version": {"print the version and exit", cmdVersion},
+	"version":       {"print the version and exit", cmdVersion},
+	"check":         {"validate a configuration and show how each silo will run", cmdCheck},
+	"layout":        {"print the mount plan of a silo", cmdLayout},
+	"import-pgsilo": {"convert a pgSilo custom_fs_layout file to YAML silos", cmdImportPgSilo},
 }
 
 func main() {
