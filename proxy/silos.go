@@ -33,3 +33,6 @@ type Silos interface {
 	// Shutdown stops every silo in the given mode.
 	Shutdown(ctx context.Context, mode spawner.StopMode) error
 }
+
+// The spawner's Manager is the Silos of a running proxy.
+var _ Silos = (*spawner.Manager)(nil)
