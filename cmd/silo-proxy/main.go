@@ -33,6 +33,8 @@ var commands = map[string]command{
 	"check":         {"validate a configuration and show how each silo will run", cmdCheck},
 	"layout":        {"print the mount plan of a silo", cmdLayout},
 	"import-pgsilo": {"convert a pgSilo custom_fs_layout file to YAML silos", cmdImportPgSilo},
+	"run":           {"serve clients, routing each database to its silo", cmdRun},
+	"status":        {"print the silos of a running proxy", cmdStatus},
 }
 
 func main() {
