@@ -93,6 +93,7 @@ type builder struct {
 	notes     []string
 	mirrored  map[string]bool
 	isDirMemo map[string]bool
+	lstats    map[string]lstatResult
 }
 
 func build(spec Spec, env buildEnv) (Plan, error) {
@@ -194,7 +195,7 @@ func (b *builder) mirror(p, origin string) error {
 	for len(comps) > 0 {
 		next := path.Join(cur, comps[0])
 		comps = comps[1:]
-		st, err := os.Lstat(b.host(next))
+		st, err := b.lstat(next)
 		if err != nil {
 			return &SourceError{Source: p, Target: p, Origin: origin, Err: err}
 		}
@@ -227,6 +228,25 @@ func (b *builder) mirror(p, origin string) error {
 	b.mirrored[cur] = true
 	b.add(MountOp{Kind: OpBind, Source: cur, Target: cur, ReadOnly: true, Origin: origin})
 	return nil
+}
+
+// lstat is os.Lstat of a host path, remembered for the Build: mirroring a
+// hundred libraries walks the same few directories again and again.
+func (b *builder) lstat(p string) (fs.FileInfo, error) {
+	if r, ok := b.lstats[p]; ok {
+		return r.info, r.err
+	}
+	info, err := os.Lstat(b.host(p))
+	if b.lstats == nil {
+		b.lstats = map[string]lstatResult{}
+	}
+	b.lstats[p] = lstatResult{info, err}
+	return info, err
+}
+
+type lstatResult struct {
+	info fs.FileInfo
+	err  error
 }
 
 // mirrorIfExists mirrors p when the host has it.
@@ -339,12 +359,20 @@ func (b *builder) modules(origin string, notes bool) error {
 	}
 	for _, e := range ents {
 		p := path.Join(dir, e.Name())
-		st, err := os.Stat(b.host(p))
-		if err != nil || !st.Mode().IsRegular() || !IsELF(b.host(p)) {
-			// bitcode/, pgxs/, *.bc: not loadable objects.
+		if e.IsDir() {
+			// bitcode/, pgxs/: not loadable objects.
 			continue
 		}
+		if !e.Type().IsRegular() {
+			if st, err := os.Stat(b.host(p)); err != nil || !st.Mode().IsRegular() {
+				continue
+			}
+		}
 		c, err := b.env.res.Closure(p)
+		if errors.Is(err, ErrNotELF) {
+			// llvmjit_types.bc and other data files.
+			continue
+		}
 		if err != nil {
 			var ue *UnresolvedError
 			var ee *ELFError

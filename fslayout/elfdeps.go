@@ -1,7 +1,10 @@
 package fslayout
 
 import (
+	"bytes"
 	"debug/elf"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -78,6 +81,17 @@ type Resolver struct {
 	// resolved memoises lookups that do not depend on the requesting
 	// object (no RPATH/RUNPATH involved): key soname|class|machine.
 	resolved map[string]resolution
+	// realDirs memoises the symlink-free form of directories: a Build
+	// resolves hundreds of files in a handful of directories.
+	realDirs map[string]string
+	// realFiles memoises realPath itself: every module's closure reaches
+	// libc, whose PT_INTERP sends it through the loader's symlinks again.
+	realFiles map[string]realFile
+}
+
+type realFile struct {
+	path string
+	err  error
 }
 
 type resolution struct {
@@ -99,10 +113,54 @@ type elfObject struct {
 // NewResolver returns a Resolver following cfg.
 func NewResolver(cfg ResolverConfig) *Resolver {
 	return &Resolver{
-		cfg:      cfg,
-		objects:  make(map[string]*elfObject),
-		resolved: make(map[string]resolution),
+		cfg:       cfg,
+		objects:   make(map[string]*elfObject),
+		resolved:  make(map[string]resolution),
+		realDirs:  make(map[string]string),
+		realFiles: make(map[string]realFile),
 	}
+}
+
+// realPath is filepath.EvalSymlinks for a regular file, with the real
+// form of its directory remembered. It fails for anything but a regular
+// file (after symlinks).
+func (r *Resolver) realPath(p string) (string, error) {
+	p = filepath.Clean(p)
+	if rf, ok := r.realFiles[p]; ok {
+		return rf.path, rf.err
+	}
+	real, err := r.evalFile(p)
+	r.realFiles[p] = realFile{real, err}
+	return real, err
+}
+
+func (r *Resolver) evalFile(p string) (string, error) {
+	dir, base := filepath.Split(p)
+	realDir, ok := r.realDirs[dir]
+	if !ok {
+		var err error
+		if realDir, err = filepath.EvalSymlinks(dir); err != nil {
+			return "", err
+		}
+		r.realDirs[dir] = realDir
+	}
+	real := filepath.Join(realDir, base)
+	st, err := os.Lstat(real)
+	if err != nil {
+		return "", err
+	}
+	if st.Mode()&os.ModeSymlink != 0 {
+		if real, err = filepath.EvalSymlinks(real); err != nil {
+			return "", err
+		}
+		if st, err = os.Stat(real); err != nil {
+			return "", err
+		}
+	}
+	if !st.Mode().IsRegular() {
+		return "", &os.PathError{Op: "open", Path: p, Err: ErrNotELF}
+	}
+	return real, nil
 }
 
 // LibraryClosure returns the shared objects that the ELF files at paths
@@ -132,14 +190,19 @@ func (r *Resolver) object(p string) (*elfObject, error) {
 	if o, ok := r.objects[p]; ok {
 		return o, nil
 	}
-	if !IsELF(p) {
-		return nil, &ELFError{Path: p, Err: ErrNotELF}
-	}
-	f, err := elf.Open(p)
+	file, err := os.Open(p)
 	if err != nil {
 		return nil, &ELFError{Path: p, Err: err}
 	}
-	defer f.Close()
+	defer file.Close()
+	var magic [4]byte
+	if _, err := file.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
+		return nil, &ELFError{Path: p, Err: ErrNotELF}
+	}
+	f, err := elf.NewFile(file)
+	if err != nil {
+		return nil, &ELFError{Path: p, Err: err}
+	}
 	o := &elfObject{class: f.Class, machine: f.Machine}
 	for _, prog := range f.Progs {
 		if prog.Type == elf.PT_INTERP {
@@ -150,28 +213,95 @@ func (r *Resolver) object(p string) (*elfObject, error) {
 			o.interp = strings.TrimRight(string(b), "\x00")
 		}
 	}
-	// A static executable has no dynamic section: DynString then errors,
-	// and it needs nothing.
-	if f.Section(".dynamic") != nil || hasDynamicProg(f) {
-		if o.needed, err = f.DynString(elf.DT_NEEDED); err != nil {
-			return nil, &ELFError{Path: p, Err: err}
-		}
-		rp, _ := f.DynString(elf.DT_RPATH)
-		rn, _ := f.DynString(elf.DT_RUNPATH)
-		o.rpath = splitPathList(rp)
-		o.runpath = splitPathList(rn)
+	if o.needed, o.rpath, o.runpath, err = dynamicStrings(f); err != nil {
+		return nil, &ELFError{Path: p, Err: err}
 	}
 	r.objects[p] = o
 	return o, nil
 }
 
-func hasDynamicProg(f *elf.File) bool {
-	for _, prog := range f.Progs {
-		if prog.Type == elf.PT_DYNAMIC {
-			return true
+// dynamicStrings returns the DT_NEEDED names and the DT_RPATH and
+// DT_RUNPATH directory lists. It reads the small .dynamic section once and
+// then only the strings it refers to: elf.File.DynString would copy the
+// whole .dynstr (3 MiB for libLLVM) on every call.
+func dynamicStrings(f *elf.File) (needed, rpath, runpath []string, err error) {
+	ds := f.SectionByType(elf.SHT_DYNAMIC)
+	if ds == nil {
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_DYNAMIC {
+				// Section headers stripped: take the slow, general path.
+				needed, err = f.DynString(elf.DT_NEEDED)
+				rp, _ := f.DynString(elf.DT_RPATH)
+				rn, _ := f.DynString(elf.DT_RUNPATH)
+				return needed, splitPathList(rp), splitPathList(rn), err
+			}
+		}
+		// A static executable needs nothing.
+		return nil, nil, nil, nil
+	}
+	if int(ds.Link) <= 0 || int(ds.Link) >= len(f.Sections) {
+		return nil, nil, nil, fmt.Errorf("dynamic section links to string table %d of %d", ds.Link, len(f.Sections))
+	}
+	strtab := f.Sections[ds.Link]
+	data, err := ds.Data()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	entSize := 16
+	if f.Class == elf.ELFCLASS32 {
+		entSize = 8
+	}
+	bo := f.ByteOrder
+	for off := 0; off+entSize <= len(data); off += entSize {
+		var tag elf.DynTag
+		var val uint64
+		if entSize == 16 {
+			tag, val = elf.DynTag(int64(bo.Uint64(data[off:]))), bo.Uint64(data[off+8:])
+		} else {
+			tag, val = elf.DynTag(int32(bo.Uint32(data[off:]))), uint64(bo.Uint32(data[off+4:]))
+		}
+		if tag == elf.DT_NULL {
+			break
+		}
+		if tag != elf.DT_NEEDED && tag != elf.DT_RPATH && tag != elf.DT_RUNPATH {
+			continue
+		}
+		str, err := readCString(strtab, val)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s string at %d: %w", tag, val, err)
+		}
+		switch tag {
+		case elf.DT_NEEDED:
+			needed = append(needed, str)
+		case elf.DT_RPATH:
+			rpath = append(rpath, splitPathList([]string{str})...)
+		case elf.DT_RUNPATH:
+			runpath = append(runpath, splitPathList([]string{str})...)
 		}
 	}
-	return false
+	return needed, rpath, runpath, nil
+}
+
+// readCString reads the NUL-terminated string at off of a string table
+// section, up to PATH_MAX bytes.
+func readCString(sec *elf.Section, off uint64) (string, error) {
+	const limit = 4096
+	if off >= sec.Size {
+		return "", errors.New("offset past the string table")
+	}
+	var buf []byte
+	chunk := make([]byte, 256)
+	for len(buf) < limit {
+		n, err := sec.ReadAt(chunk, int64(off)+int64(len(buf)))
+		if i := bytes.IndexByte(chunk[:n], 0); i >= 0 {
+			return string(append(buf, chunk[:i]...)), nil
+		}
+		buf = append(buf, chunk[:n]...)
+		if err != nil {
+			return "", errors.New("unterminated string")
+		}
+	}
+	return "", errors.New("string longer than PATH_MAX")
 }
 
 func splitPathList(vals []string) []string {
@@ -213,7 +343,7 @@ func (r *Resolver) Closure(paths ...string) (Closure, error) {
 	var queue []node
 	seen := map[string]bool{}
 	for _, p := range paths {
-		real, err := filepath.EvalSymlinks(p)
+		real, err := r.realPath(p)
 		if err != nil {
 			return Closure{}, &ELFError{Path: p, Err: err}
 		}
@@ -282,7 +412,7 @@ func (r *Resolver) interp(n node) (Library, error) {
 	if !filepath.IsAbs(p) {
 		return Library{}, &UnresolvedError{Object: n.path, Needed: p}
 	}
-	real, err := filepath.EvalSymlinks(p)
+	real, err := r.realPath(p)
 	if err != nil {
 		return Library{}, &UnresolvedError{Object: n.path, Needed: p}
 	}
@@ -397,11 +527,7 @@ func (r *Resolver) HWCapVariants(lib Library) []Library {
 // file of the same class and machine, as the loader skips incompatible
 // files and keeps searching.
 func (r *Resolver) candidate(obj *elfObject, name, path string) (Library, bool) {
-	st, err := os.Stat(path)
-	if err != nil || !st.Mode().IsRegular() {
-		return Library{}, false
-	}
-	real, err := filepath.EvalSymlinks(path)
+	real, err := r.realPath(path)
 	if err != nil {
 		return Library{}, false
 	}

@@ -322,3 +322,38 @@ func TestLibraryClosureHost(t *testing.T) {
 		t.Fatal("IsELF misjudges a script, the postmaster or a directory")
 	}
 }
+
+// TestDynamicStringsMatchesDebugELF compares the targeted .dynamic reader
+// with debug/elf's DynString on every file of the postmaster's closure and
+// on the modules of pkglibdir.
+func TestDynamicStringsMatchesDebugELF(t *testing.T) {
+	t.Parallel()
+	inst := needInstall(t)
+	c, err := LibraryClosure([]string{inst.Postmaster()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []string{inst.Postmaster()}
+	for _, l := range c.Libraries {
+		files = append(files, l.RealPath)
+	}
+	mods, _ := filepath.Glob(filepath.Join(inst.PkgLibDir, "*.so"))
+	files = append(files, mods...)
+	for _, p := range files {
+		f, err := elf.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		needed, rpath, runpath, err := dynamicStrings(f)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		wantNeeded, _ := f.DynString(elf.DT_NEEDED)
+		rp, _ := f.DynString(elf.DT_RPATH)
+		rn, _ := f.DynString(elf.DT_RUNPATH)
+		f.Close()
+		if !reflect.DeepEqual(needed, wantNeeded) || !reflect.DeepEqual(rpath, splitPathList(rp)) || !reflect.DeepEqual(runpath, splitPathList(rn)) {
+			t.Errorf("%s: got %v %v %v, debug/elf %v %v %v", p, needed, rpath, runpath, wantNeeded, rp, rn)
+		}
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -91,15 +90,14 @@ func ParseLDCache(b []byte) (*LDCache, error) {
 		Entries: make([]LDCacheEntry, 0, nlibs),
 		byName:  make(map[string][]int, nlibs),
 	}
-	st := newStringTable(b)
 	for i := 0; i < int(nlibs); i++ {
 		off := ldCacheHeaderSize + i*ldCacheEntrySize
 		e := b[off : off+ldCacheEntrySize]
-		name, ok := st.at(bo.Uint32(e[4:8]))
+		name, ok := cString(b, bo.Uint32(e[4:8]))
 		if !ok {
 			return nil, &CacheFormatError{Offset: off + 4, Reason: "key string out of bounds"}
 		}
-		path, ok := st.at(bo.Uint32(e[8:12]))
+		path, ok := cString(b, bo.Uint32(e[8:12]))
 		if !ok {
 			return nil, &CacheFormatError{Offset: off + 8, Reason: "value string out of bounds"}
 		}
@@ -114,38 +112,25 @@ func ParseLDCache(b []byte) (*LDCache, error) {
 	return c, nil
 }
 
-// stringTable reads NUL-terminated strings at arbitrary offsets of the
-// file. It finds each terminator by binary search over the positions of
-// all NULs, found in one pass: scanning from every offset instead would
-// cost entries × file size on a file without NULs.
-type stringTable struct {
-	b    []byte
-	nuls []int
-}
+// maxCacheString bounds each string of the cache at PATH_MAX: names and
+// paths are never longer, and the bound keeps a hostile file whose offsets
+// all point into one long run without NULs from costing entries × size.
+const maxCacheString = 4096
 
-func newStringTable(b []byte) *stringTable {
-	st := &stringTable{b: b}
-	for i := 0; ; {
-		j := bytes.IndexByte(b[i:], 0)
-		if j < 0 {
-			break
-		}
-		st.nuls = append(st.nuls, i+j)
-		i += j + 1
-	}
-	return st
-}
-
-// at returns the NUL-terminated string at off.
-func (st *stringTable) at(off uint32) (string, bool) {
-	if uint64(off) >= uint64(len(st.b)) {
+// cString returns the NUL-terminated string at off.
+func cString(b []byte, off uint32) (string, bool) {
+	if uint64(off) >= uint64(len(b)) {
 		return "", false
 	}
-	k := sort.SearchInts(st.nuls, int(off))
-	if k == len(st.nuls) {
+	s := b[off:]
+	if len(s) > maxCacheString {
+		s = s[:maxCacheString]
+	}
+	end := bytes.IndexByte(s, 0)
+	if end < 0 {
 		return "", false
 	}
-	return string(st.b[off:st.nuls[k]]), true
+	return string(s[:end]), true
 }
 
 // Lookup returns the entries for soname in cache order.
