@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/silo-proxy/silo-proxy/config"
 	"github.com/silo-proxy/silo-proxy/spawner"
 )
 
@@ -482,5 +483,53 @@ func TestShutdownImmediateClosesSessions(t *testing.T) {
 	}
 	if env.silos.leases("a") != 0 {
 		t.Fatal("lease not released")
+	}
+}
+
+// BenchmarkSessionSetup measures one whole short session through the
+// proxy: accept, startup packet, routing, lease, postmaster connection,
+// startup phase up to ReadyForQuery, Terminate and teardown. Allocations
+// reported include the fake postmaster's.
+func BenchmarkSessionSetup(b *testing.B) {
+	pm := newFakePostmaster(&testing.T{}, 4)
+	fs := newFakeSilos(map[string]string{"a": pm.path, "b": pm.path})
+	cfg := &config.Config{Listen: config.Listen{Address: "127.0.0.1:0"}, TLS: config.TLS{Mode: config.TLSDisable},
+		Silos: []config.Silo{{Name: "a", Databases: []string{"a"}}}}
+	srv, err := New(cfg, fs, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background(), spawner.StopImmediate, 0)
+	pkt := startupPacket(ProtocolVersion30, "user", "u", "database", "a")
+	term, _ := (&pgproto3.Terminate{}).Encode(nil)
+	buf := make([]byte, 4096)
+	addr := srv.Addr().String()
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Write(pkt)
+		var sc backendScanner
+		for !sc.ready {
+			n, err := c.Read(buf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := sc.scan(buf[:n]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Write(term)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				break
+			}
+		}
+		c.Close()
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -23,7 +24,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	defer s.sessions.Done()
 	defer s.untrack(raw)
 	defer raw.Close()
-	log := s.log.With("conn", s.nextID.Add(1), "remote", remoteString(raw))
+	log := &connLog{base: s.log, id: s.nextID.Add(1), conn: raw}
 
 	// The login deadline covers the startup packet and the TLS handshake:
 	// a client that trickles bytes (slowloris) is cut off after it.
@@ -37,7 +38,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		s.forwardCancel(st, log)
 		return
 	}
-	log = log.With("db", st.Database)
+	log.db = st.Database
 
 	rt := s.routes.Load()
 	_, tlsOn := conn.(*tls.Conn)
@@ -54,7 +55,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		})
 		return
 	}
-	log = log.With("silo", silo)
+	log.silo = silo
 	conn.SetDeadline(time.Time{})
 
 	begin := time.Now()
@@ -99,7 +100,9 @@ func (s *Server) serveConn(raw net.Conn) {
 	c2s, s2c, err := sess.run(st.Raw)
 	s.metrics.relayBytes.WithLabelValues(silo, dirClientToServer).Add(float64(c2s))
 	s.metrics.relayBytes.WithLabelValues(silo, dirServerToClient).Add(float64(s2c))
-	log.Debug("session ended", "client_to_server", c2s, "server_to_client", s2c, "err", err)
+	if log.enabled(slog.LevelDebug) {
+		log.get().Debug("session ended", "client_to_server", c2s, "server_to_client", s2c, "err", err)
+	}
 }
 
 // acquireError maps a Silos.Acquire failure to the client's SQLSTATE and
@@ -216,14 +219,14 @@ func (s *Server) handshake(c net.Conn) (*tls.Conn, error) {
 // startupFailed ends a connection whose startup phase failed: a client
 // error is answered with its FATAL ErrorResponse; a timeout gets 08P01; a
 // connection that closed before sending anything is not counted.
-func (s *Server) startupFailed(conn net.Conn, log *slog.Logger, err error) {
+func (s *Server) startupFailed(conn net.Conn, log *connLog, err error) {
 	var ce *ClientError
 	switch {
 	case errors.Is(err, io.EOF):
-		log.Debug("client closed before a startup packet")
+		log.get().Debug("client closed before a startup packet")
 	case errors.Is(err, errTLSRefused):
 		s.metrics.connections.WithLabelValues("", resultTLSError).Inc()
-		log.Info("TLS negotiation failed", "err", err)
+		log.get().Info("TLS negotiation failed", "err", err)
 	case errors.As(err, &ce):
 		s.reject(conn, log, "", resultProtocolError, ce)
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -234,7 +237,7 @@ func (s *Server) startupFailed(conn net.Conn, log *slog.Logger, err error) {
 		})
 	default:
 		s.metrics.connections.WithLabelValues("", resultProtocolError).Inc()
-		log.Debug("startup failed", "err", err)
+		log.get().Debug("startup failed", "err", err)
 	}
 }
 
@@ -242,9 +245,9 @@ func (s *Server) startupFailed(conn net.Conn, log *slog.Logger, err error) {
 // silo and result. The connection is then half-closed and drained for a
 // moment, so that input the client already sent does not turn the close
 // into a reset that could destroy the error before it is read.
-func (s *Server) reject(conn net.Conn, log *slog.Logger, silo, result string, ce *ClientError) {
+func (s *Server) reject(conn net.Conn, log *connLog, silo, result string, ce *ClientError) {
 	s.metrics.connections.WithLabelValues(silo, result).Inc()
-	log.Info("connection rejected", "sqlstate", ce.SQLState, "msg", ce.Message, "err", ce.Err)
+	log.get().Info("connection rejected", "sqlstate", ce.SQLState, "msg", ce.Message, "err", ce.Err)
 	buf := ce.AppendErrorResponse(make([]byte, 0, 128))
 	conn.SetDeadline(time.Now().Add(errorLinger))
 	if _, err := conn.Write(buf); err != nil {
@@ -264,20 +267,20 @@ func (s *Server) reject(conn net.Conn, log *slog.Logger, silo, result string, ce
 // postmaster to close the cancel connection (it has signalled the backend
 // by then) before the caller closes the client's. Unknown keys are dropped
 // without an answer, as PostgreSQL does.
-func (s *Server) forwardCancel(st *Startup, log *slog.Logger) {
+func (s *Server) forwardCancel(st *Startup, log *connLog) {
 	targets := s.cancels.lookup(st.CancelKey())
 	if len(targets) == 0 {
 		s.metrics.cancelRequests.WithLabelValues("unknown_key").Inc()
-		log.Debug("cancel request with unknown key dropped")
+		log.get().Debug("cancel request with unknown key dropped")
 		return
 	}
 	s.metrics.cancelRequests.WithLabelValues("forwarded").Inc()
 	for _, t := range targets {
 		if err := sendCancel(t.socketPath, st.Raw); err != nil {
-			log.Warn("forwarding cancel request failed", "silo", t.silo, "err", err)
+			log.get().Warn("forwarding cancel request failed", "silo", t.silo, "err", err)
 			continue
 		}
-		log.Debug("cancel request forwarded", "silo", t.silo)
+		log.get().Debug("cancel request forwarded", "silo", t.silo)
 	}
 }
 
@@ -302,7 +305,7 @@ func sendCancel(socketPath string, packet []byte) error {
 // postmaster.
 type session struct {
 	srv    *Server
-	log    *slog.Logger
+	log    *connLog
 	client net.Conn // *net.TCPConn, *net.UnixConn or *tls.Conn
 	server *net.UnixConn
 	target cancelTarget
@@ -406,4 +409,37 @@ func remoteString(c net.Conn) string {
 		return a.String()
 	}
 	return "unix"
+}
+
+// connLog is a connection's scoped logger, built only when something is
+// logged: slog.Logger.With copies its attributes, which would cost every
+// session several allocations for records that are usually disabled.
+type connLog struct {
+	base     *slog.Logger
+	id       uint64
+	conn     net.Conn
+	db, silo string
+	cached   *slog.Logger
+	cachedAt [2]string // db and silo the cached logger carries
+}
+
+func (l *connLog) enabled(level slog.Level) bool {
+	return l.base.Enabled(context.Background(), level)
+}
+
+// get returns the logger scoped with conn, remote, and db and silo once
+// they are known.
+func (l *connLog) get() *slog.Logger {
+	if l.cached != nil && l.cachedAt == [2]string{l.db, l.silo} {
+		return l.cached
+	}
+	args := []any{"conn", l.id, "remote", remoteString(l.conn)}
+	if l.db != "" {
+		args = append(args, "db", l.db)
+	}
+	if l.silo != "" {
+		args = append(args, "silo", l.silo)
+	}
+	l.cached, l.cachedAt = l.base.With(args...), [2]string{l.db, l.silo}
+	return l.cached
 }
