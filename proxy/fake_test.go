@@ -27,7 +27,7 @@ import (
 // holding the query text, "sleep" queries that end when cancelled, and
 // CancelRequests matched on the full key.
 type fakePostmaster struct {
-	t      *testing.T
+	t      testing.TB
 	ln     *net.UnixListener
 	path   string
 	keyLen int // secret length announced in BackendKeyData
@@ -41,7 +41,7 @@ type fakePostmaster struct {
 	wg        sync.WaitGroup
 }
 
-func newFakePostmaster(t *testing.T, keyLen int) *fakePostmaster {
+func newFakePostmaster(t testing.TB, keyLen int) *fakePostmaster {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, ".s.PGSQL.5432")

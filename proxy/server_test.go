@@ -491,7 +491,7 @@ func TestShutdownImmediateClosesSessions(t *testing.T) {
 // startup phase up to ReadyForQuery, Terminate and teardown. Allocations
 // reported include the fake postmaster's.
 func BenchmarkSessionSetup(b *testing.B) {
-	pm := newFakePostmaster(&testing.T{}, 4)
+	pm := newFakePostmaster(b, 4)
 	fs := newFakeSilos(map[string]string{"a": pm.path, "b": pm.path})
 	cfg := &config.Config{Listen: config.Listen{Address: "127.0.0.1:0"}, TLS: config.TLS{Mode: config.TLSDisable},
 		Silos: []config.Silo{{Name: "a", Databases: []string{"a"}}}}
