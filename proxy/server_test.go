@@ -533,3 +533,32 @@ func BenchmarkSessionSetup(b *testing.B) {
 		c.Close()
 	}
 }
+
+// TestShutdownFast checks that SIGINT's mode stops the silos fast at once,
+// without waiting for sessions, and closes what remains.
+func TestShutdownFast(t *testing.T) {
+	t.Parallel()
+	env := startEnv(t, testConfig(t, false), Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, connString(env.srv, "b", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if err := env.srv.Shutdown(ctx, spawner.StopFast, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	env.silos.mu.Lock()
+	modes := append([]spawner.StopMode(nil), env.silos.shutdowns...)
+	env.silos.mu.Unlock()
+	if len(modes) != 1 || modes[0] != spawner.StopFast {
+		t.Fatalf("silo shutdowns %v, want one fast", modes)
+	}
+	if _, err := c.Exec(ctx, "after").ReadAll(); err == nil {
+		t.Fatal("session survived the shutdown")
+	}
+	if env.silos.leases("b") != 0 || env.srv.Ready() {
+		t.Fatal("lease kept or still ready after shutdown")
+	}
+}
