@@ -94,7 +94,6 @@ type Server struct {
 	conns    map[net.Conn]struct{}
 	sessions sync.WaitGroup
 	accepts  sync.WaitGroup
-	stopOnce sync.Once
 }
 
 // New builds a Server for cfg, routing sessions to silos. It binds nothing
@@ -152,6 +151,11 @@ func (s *Server) Start() (err error) {
 	defer func() {
 		if err != nil {
 			s.closeListeners()
+			if s.admin != nil {
+				s.admin.Close()
+			} else if s.adminLn != nil {
+				s.adminLn.Close()
+			}
 		}
 	}()
 	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{

@@ -562,3 +562,42 @@ func TestShutdownFast(t *testing.T) {
 		t.Fatal("lease kept or still ready after shutdown")
 	}
 }
+
+// TestStartFailureReleasesListeners checks that a Start that fails half
+// way (the admin port is taken) leaves nothing bound.
+func TestStartFailureReleasesListeners(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := testConfig(t, false)
+	cfg.Listen.Address = freeTCPAddr(t)
+	cfg.Admin.Address = taken.Addr().String()
+	srv, err := New(cfg, newFakeSilos(nil), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err == nil {
+		t.Fatal("Start succeeded on a taken admin port")
+	}
+	if srv.Ready() {
+		t.Fatal("ready after a failed Start")
+	}
+	ln, err := net.Listen("tcp", cfg.Listen.Address)
+	if err != nil {
+		t.Fatalf("client port still bound after a failed Start: %v", err)
+	}
+	ln.Close()
+}
+
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
