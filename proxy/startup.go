@@ -112,6 +112,12 @@ func (s *Startup) CancelKey() []byte {
 // so that bytes the client pipelines after it (a query sent before
 // authentication completed, or a TLS ClientHello) stay in the connection.
 //
+// The parameters are walked here rather than decoded with
+// pgproto3.StartupMessage: that type refuses protocol minors other than 3.0
+// and 3.2 (the postmaster should negotiate those itself), folds repeated
+// parameters into a map, and allocates every name and value, while the
+// proxy needs only user and database, with the postmaster's own rules.
+//
 // Malformed packets yield a *ClientError with SQLSTATE 08P01 (or 28000 for
 // a missing user). A connection closed before its first byte yields io.EOF;
 // one closed mid-packet yields an error wrapping io.ErrUnexpectedEOF.
