@@ -161,6 +161,15 @@ func TestProxyReload(t *testing.T) {
 	}
 	c.Close(context.Background())
 	eventually(t, 60*time.Second, "the removed silo gone", func() bool { return !siloListed(t, pc.Admin, "extra") })
+	eventually(t, 10*time.Second, "the removed silo's series deleted", func() bool {
+		resp, err := http.Get("http://" + pc.Admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return !strings.Contains(string(body), `silo="extra"`)
+	})
 
 	// SIGHUP reloads too.
 	successes := scrape(t, pc.Admin, `silo_proxy_config_reloads_total{result="success"}`)
