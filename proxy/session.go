@@ -344,9 +344,16 @@ func (ss *session) run(startup []byte) (c2s, s2c int64, err error) {
 		up.run()
 	}()
 
+	// The startup phase reads through a pooled buffer. A spliced session
+	// gives it back at once: an idle session then holds no copy buffer,
+	// only its two goroutines.
 	downBuf = getBuffer()
-	defer putBuffer(downBuf)
 	s2c, err = ss.startupPhase(*downBuf)
+	if splices(ss.client) {
+		putBuffer(downBuf)
+	} else {
+		defer putBuffer(downBuf)
+	}
 	if err == nil {
 		down := &copier{dst: ss.client, src: ss.server}
 		if !splices(ss.client) {
