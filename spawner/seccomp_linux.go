@@ -85,13 +85,16 @@ const (
 // clone3 passes its flags in memory a filter cannot read, so it answers
 // ENOSYS: glibc (and Go, which uses clone3 only for cgroup fds and time
 // namespaces) then falls back to clone(2), whose flags are filtered. Docker
-// and systemd do the same.
+// and systemd do the same. It answers ENOSYS in log mode too: the fallback
+// is invisible to programs, and it routes namespace creation through clone,
+// where log mode records it, instead of flooding the audit log with one
+// clone3 record for every thread and popen().
 func seccompPolicy(mode config.SeccompMode, info *arch.Info) (*seccomp.Policy, error) {
 	deny, clone3 := seccomp.ActionErrno, seccomp.Action(seccompRetENOSYS)
 	switch mode {
 	case config.SeccompDefault, "":
 	case config.SeccompLog:
-		deny, clone3 = seccomp.ActionLog, seccomp.ActionLog
+		deny = seccomp.ActionLog
 	default:
 		return nil, fmt.Errorf("seccomp mode %q has no filter", mode)
 	}
@@ -158,7 +161,7 @@ func seccompProgram(mode config.SeccompMode) ([]bpf.Instruction, error) {
 // "default" (or empty) denies the syscalls of seccompDenied and clone's
 // namespace flags with EPERM, "log" allows them but has the kernel log each
 // use (SECCOMP_RET_LOG, visible as audit type=1326 records), "off" installs
-// nothing.
+// nothing. Both filters answer clone3 with ENOSYS (see seccompPolicy).
 //
 // It sets no_new_privs first (the kernel requires it of a process without
 // CAP_SYS_ADMIN, and silo-init wants it anyway) and loads the filter with
