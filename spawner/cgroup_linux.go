@@ -315,6 +315,14 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 		if err == nil {
 			err = h.applyWrites(dir, writes)
 		}
+		if err != nil && ctrl == cgroupCPU && dir != c.v2 && errors.Is(err, unix.EINVAL) && cgroupLimitSet(ctrl, lim) {
+			// cgroup v1 refuses a CFS quota above an ancestor's (v2
+			// accepts it and applies the smaller). The ancestor's quota
+			// already bounds the silo, so run with that.
+			log.Warn("cgroup cpu limit not applied: it exceeds the quota of the proxy's own cgroup, which bounds the silo instead",
+				"limit", cgroupLimitString(ctrl, lim), "err", err.Error())
+			err = h.applyWrites(dir, []cgroupWrite{{File: "cpu.cfs_quota_us", Value: "-1"}})
+		}
 		if err != nil {
 			c.unlockedDestroy()
 			return nil, fmt.Errorf("silo %s: setting the %s limit: %w", silo, ctrl, err)

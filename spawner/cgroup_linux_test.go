@@ -45,7 +45,7 @@ type cgroupFakeFS struct {
 	dirs    map[string]*cgroupFakeDir
 	files   map[string]string
 	ppids   map[int]int
-	fail    map[string]error // path → error returned by writeFile
+	fail    map[string]error // "path=value" or path → error returned by writeFile
 	writes  []string         // "path=value", in order
 }
 
@@ -119,8 +119,10 @@ func (f *cgroupFakeFS) readFile(p string) ([]byte, error) {
 func (f *cgroupFakeFS) writeFile(p, value string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.fail[p]; err != nil {
-		return &os.PathError{Op: "write", Path: p, Err: err}
+	for _, key := range []string{p + "=" + value, p} {
+		if err := f.fail[key]; err != nil {
+			return &os.PathError{Op: "write", Path: p, Err: err}
+		}
 	}
 	dir, name := filepath.Split(p)
 	dir = filepath.Clean(dir)
@@ -431,6 +433,33 @@ func TestCgroupV2Delegation(t *testing.T) {
 		u, ok := c.usage()
 		if !ok || u.CPUSeconds != 1.5 {
 			t.Errorf("usage = %+v, %v; want 1.5 cpu seconds", u, ok)
+		}
+	})
+
+	t.Run("v1 cpu quota above the parent's", func(t *testing.T) {
+		t.Parallel()
+		f := newCgroupFakeFS("/cg", nil, "/v1/cpu")
+		leaf := "/v1/cpu/" + base + "/sales"
+		f.fail[leaf+"/cpu.cfs_quota_us=400000"] = unix.EINVAL
+		h := cgroupFakeHost(f, cgroupLayout{V1Dirs: map[string]string{cgroupCPU: "/v1/cpu"}})
+		log, logs := cgroupTestLogger(t)
+		c, err := h.create(instance, "sales", config.Limits{CPU: 4}, log)
+		if err != nil {
+			t.Fatalf("create = %v, want the silo to run under the parent's quota", err)
+		}
+		if c.ctrl[cgroupCPU] != leaf {
+			t.Errorf("cpu on %q", c.ctrl[cgroupCPU])
+		}
+		if !strings.Contains(logs.String(), "exceeds the quota") {
+			t.Errorf("no warning:\n%s", logs)
+		}
+		if got := f.files[leaf+"/cpu.cfs_quota_us"]; got != "-1" {
+			t.Errorf("quota = %q, want -1 (the parent's quota bounds the silo)", got)
+		}
+		// Any other failure still refuses the silo.
+		f.fail[leaf+"/cpu.cfs_quota_us=400000"] = unix.EACCES
+		if _, err := h.create(instance, "sales", config.Limits{CPU: 4}, log); !errors.Is(err, unix.EACCES) {
+			t.Errorf("create with EACCES on the quota = %v", err)
 		}
 	})
 
