@@ -251,9 +251,6 @@ type cgroupLayout struct {
 	// V2Dir is the proxy's own cgroup directory in the unified hierarchy,
 	// "" when cgroup2 is not mounted (or not reachable, or read-only).
 	V2Dir string
-	// V2Root: the proxy's v2 cgroup is the hierarchy root, which the "no
-	// internal processes" rule exempts.
-	V2Root bool
 	// V1Dirs maps each v1 controller to the proxy's own cgroup directory
 	// in the hierarchy that carries it. Co-mounted controllers (cpu and
 	// cpuacct) map to the same directory.
@@ -272,7 +269,6 @@ func cgroupResolveLayout(lines []cgroupProcLine, mounts []cgroupMount) cgroupLay
 				}
 				if dir, ok := cgroupDirFor(m, line.Path); ok {
 					l.V2Dir = dir
-					l.V2Root = line.Path == "/" && m.Root == "/"
 					break
 				}
 			}

@@ -391,8 +391,10 @@ func (h *cgroupHost) applyWrites(dir string, writes []cgroupWrite) error {
 // cgroup.subtree_control of every ancestor below the one offering it, and
 // the kernel refuses to enable controllers in the subtree_control of a
 // non-root cgroup that holds processes ("no internal processes"). The proxy
-// lives in <own>, so when <own> is not the root the proxy first moves
-// itself (and any silo-init it already started) into <own>/supervisor.
+// lives in <own>, so when the kernel answers EBUSY (<own> is not the root,
+// or is the root of a container's cgroup namespace only) the proxy first
+// moves itself (and any silo-init it already started) into
+// <own>/supervisor.
 // That is only legitimate when <own> belongs to the proxy alone, as with a
 // systemd unit with Delegate=yes; if other processes share it, they are
 // left alone and the controller falls back to v1 or goes without.
@@ -412,7 +414,9 @@ func (h *cgroupHost) delegateV2(layout cgroupLayout, base string, log *slog.Logg
 			out[ctrl] = fmt.Sprintf("controller not offered to %s (cgroup.controllers)", own)
 			continue
 		}
-		if err := h.enableV2(own, ctrl, !layout.V2Root, log); err != nil {
+		// Even a cgroup that looks like the root may be the root of a
+		// cgroup namespace only, bound by the rule: let EBUSY decide.
+		if err := h.enableV2(own, ctrl, true, log); err != nil {
 			out[ctrl] = err.Error()
 			continue
 		}

@@ -267,7 +267,7 @@ func TestCgroupV2Delegation(t *testing.T) {
 		t.Parallel()
 		f := newCgroupFakeFS("/cg", all)
 		f.addDir("/cg", cgroupFakeSelf, 1)
-		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg", V2Root: true})
+		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg"})
 		log, _ := cgroupTestLogger(t)
 		c, err := h.create(instance, "sales", lim, log)
 		if err != nil {
@@ -416,7 +416,7 @@ func TestCgroupV2Delegation(t *testing.T) {
 	t.Run("controller not offered", func(t *testing.T) {
 		t.Parallel()
 		f := newCgroupFakeFS("/cg", []string{"hugetlb"})
-		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg", V2Root: true})
+		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg"})
 		log, logs := cgroupTestLogger(t)
 		c, err := h.create(instance, "sales", config.Limits{Pids: 10}, log)
 		if err != nil {
@@ -468,7 +468,7 @@ func TestCgroupV2Delegation(t *testing.T) {
 		f := newCgroupFakeFS("/cg", all)
 		leaf := "/cg/" + base + "/sales"
 		f.fail[leaf+"/pids.max"] = unix.EINVAL
-		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg", V2Root: true})
+		h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg"})
 		log, _ := cgroupTestLogger(t)
 		if _, err := h.create(instance, "sales", lim, log); !errors.Is(err, unix.EINVAL) {
 			t.Fatalf("create = %v, want the EINVAL of the pids write", err)

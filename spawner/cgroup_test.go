@@ -167,7 +167,7 @@ func TestCgroupResolveLayout(t *testing.T) {
 	}{
 		{
 			name: "hybrid", cgroupProcLine: cgroupHybridProcFile, mountinfo: cgroupHybridMountinfo,
-			want: cgroupLayout{V2Dir: "/sys/fs/cgroup/unified", V2Root: true, V1Dirs: map[string]string{
+			want: cgroupLayout{V2Dir: "/sys/fs/cgroup/unified", V1Dirs: map[string]string{
 				"pids":    "/sys/fs/cgroup/pids",
 				"blkio":   "/sys/fs/cgroup/blkio",
 				"freezer": "/sys/fs/cgroup/freezer",
