@@ -26,7 +26,6 @@ import (
 type cgroup struct {
 	host *cgroupHost
 	silo string
-	log  *slog.Logger
 	// v2 is the silo's leaf in the unified hierarchy, "" when there is
 	// none. It exists even when no controller is enabled there: it still
 	// tracks membership and core cpu.stat.
@@ -70,7 +69,7 @@ func (c *cgroup) addProcess(pid int) error {
 	for _, dir := range c.leaves {
 		p := filepath.Join(dir, "cgroup.procs")
 		if err := c.host.fs.writeFile(p, strconv.Itoa(pid)); err != nil {
-			return &cgroupError{Op: "move", Path: p, Err: err}
+			return fmt.Errorf("silo %s: %w", c.silo, &cgroupError{Op: "move", Path: p, Err: err})
 		}
 	}
 	return nil
@@ -153,7 +152,10 @@ func (c *cgroup) destroy() error {
 			errs = append(errs, &cgroupError{Op: "rmdir", Path: base, Err: err})
 		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("silo %s: %w", c.silo, err)
+	}
+	return nil
 }
 
 // cgroupFS is the filesystem surface of cgroup management. It exists so
@@ -243,7 +245,7 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 	}
 	layout := h.layout
 	base := cgroupInstanceDir(instance)
-	c := &cgroup{host: h, silo: silo, log: log, ctrl: map[string]string{}}
+	c := &cgroup{host: h, silo: silo, ctrl: map[string]string{}}
 	// why[ctrl] explains, for the warning, why a controller is missing.
 	why := map[string]string{}
 
@@ -324,7 +326,7 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 			err = h.applyWrites(dir, []cgroupWrite{{File: "cpu.cfs_quota_us", Value: "-1"}})
 		}
 		if err != nil {
-			c.unlockedDestroy()
+			c.destroyLocked()
 			return nil, fmt.Errorf("silo %s: setting the %s limit: %w", silo, ctrl, err)
 		}
 	}
@@ -333,9 +335,9 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 	return c, nil
 }
 
-// unlockedDestroy removes what create made, with h.mu already held and
+// destroyLocked removes what create made, with h.mu already held and
 // without waiting: nothing has been added to the cgroup yet.
-func (c *cgroup) unlockedDestroy() {
+func (c *cgroup) destroyLocked() {
 	for _, dir := range c.leaves {
 		_ = c.host.fs.rmdir(dir)
 	}
