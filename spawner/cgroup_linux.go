@@ -138,13 +138,19 @@ func (c *cgroup) destroy() error {
 	var errs []error
 	// One deadline for all hierarchies: the same tasks occupy each of them.
 	deadline := time.Now().Add(c.host.settle)
+	var removed []string
 	for _, dir := range c.leaves {
 		if err := c.host.rmdirWait(dir, deadline); err != nil {
 			errs = append(errs, err)
+		} else {
+			removed = append(removed, dir)
 		}
 	}
 	c.host.mu.Lock()
 	defer c.host.mu.Unlock()
+	for _, dir := range removed {
+		delete(c.host.live, dir)
+	}
 	for _, base := range c.bases {
 		// Another silo's leaf keeps the base busy; that is expected.
 		if err := c.host.fs.rmdir(base); err != nil && !errors.Is(err, fs.ErrNotExist) &&
@@ -168,6 +174,8 @@ type cgroupFS interface {
 	writeFile(path, value string) error
 	mkdir(path string) error
 	rmdir(path string) error
+	// subdirs lists the names of the child cgroups of path.
+	subdirs(path string) ([]string, error)
 	// ppid returns the parent pid of pid.
 	ppid(pid int) (int, error)
 }
@@ -194,6 +202,9 @@ type cgroupHost struct {
 	layoutErr  error
 	// supervised: the proxy has moved itself into <own>/supervisor.
 	supervised bool
+	// live holds the leaves of the cgroups this process created and has
+	// not destroyed: sweep never touches them.
+	live map[string]bool
 }
 
 // cgroupHostState is the real host.
@@ -236,14 +247,10 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 	log = log.With("silo", silo)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.layoutDone {
-		h.layout, h.layoutErr = h.discover()
-		h.layoutDone = true
+	layout, err := h.layoutLocked()
+	if err != nil {
+		return nil, err
 	}
-	if h.layoutErr != nil {
-		return nil, fmt.Errorf("locating the proxy's cgroups: %w", h.layoutErr)
-	}
-	layout := h.layout
 	base := cgroupInstanceDir(instance)
 	c := &cgroup{host: h, silo: silo, ctrl: map[string]string{}}
 	// why[ctrl] explains, for the warning, why a controller is missing.
@@ -330,9 +337,89 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 			return nil, fmt.Errorf("silo %s: setting the %s limit: %w", silo, ctrl, err)
 		}
 	}
+	for _, leaf := range c.leaves {
+		h.live[leaf] = true
+	}
 	log.Debug("silo cgroup ready", "v2", c.v2, "memory", c.ctrl[cgroupMemory],
 		"cpu", c.ctrl[cgroupCPU], "pids", c.ctrl[cgroupPids], "cpuacct", c.ctrl[cgroupCPUAcct])
 	return c, nil
+}
+
+// layoutLocked returns the proxy's own cgroups, discovering them on first
+// use. h.mu must be held.
+func (h *cgroupHost) layoutLocked() (cgroupLayout, error) {
+	if !h.layoutDone {
+		h.layout, h.layoutErr = h.discover()
+		h.layoutDone = true
+		h.live = map[string]bool{}
+	}
+	if h.layoutErr != nil {
+		return cgroupLayout{}, fmt.Errorf("locating the proxy's cgroups: %w", h.layoutErr)
+	}
+	return h.layout, nil
+}
+
+// sweepCgroups removes the silo cgroups an earlier run of this proxy
+// instance left behind: a proxy that was killed could not remove them, and
+// a silo dropped from the config meanwhile would never be created (and so
+// removed) again. Only empty directories below silo-proxy-<hash of
+// instance> go, never one this process is using; a cgroup that still holds
+// tasks is reported and kept. The spawner calls it when it starts.
+func sweepCgroups(instance string, log *slog.Logger) error {
+	return cgroupHostState.sweep(instance, log)
+}
+
+func (h *cgroupHost) sweep(instance string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	layout, err := h.layoutLocked()
+	if err != nil {
+		return err
+	}
+	base := cgroupInstanceDir(instance)
+	owns := []string{}
+	if layout.V2Dir != "" {
+		owns = append(owns, layout.V2Dir)
+	}
+	for _, dir := range layout.V1Dirs {
+		if !slices.Contains(owns, dir) {
+			owns = append(owns, dir)
+		}
+	}
+	var errs []error
+	for _, own := range owns {
+		baseDir := filepath.Join(own, base)
+		names, err := h.fs.subdirs(baseDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, &cgroupError{Op: "read", Path: baseDir, Err: err})
+			continue
+		}
+		for _, name := range names {
+			leaf := filepath.Join(baseDir, name)
+			if h.live[leaf] {
+				continue
+			}
+			switch err := h.fs.rmdir(leaf); {
+			case err == nil:
+				log.Info("removed a silo cgroup left by an earlier run", "cgroup", leaf)
+			case errors.Is(err, unix.EBUSY):
+				log.Warn("a silo cgroup left by an earlier run still has tasks; leaving it", "cgroup", leaf)
+			case !errors.Is(err, fs.ErrNotExist):
+				errs = append(errs, &cgroupError{Op: "rmdir", Path: leaf, Err: err})
+			}
+		}
+		if err := h.fs.rmdir(baseDir); err != nil && !errors.Is(err, fs.ErrNotExist) &&
+			!errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, &cgroupError{Op: "rmdir", Path: baseDir, Err: err})
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // destroyLocked removes what create made, with h.mu already held and
@@ -566,6 +653,20 @@ func (cgroupOSFS) writeFile(path, value string) error {
 }
 
 func (cgroupOSFS) mkdir(path string) error { return os.Mkdir(path, 0o755) }
+
+func (cgroupOSFS) subdirs(path string) ([]string, error) {
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
 
 func (cgroupOSFS) rmdir(path string) error {
 	if err := unix.Rmdir(path); err != nil {

@@ -200,6 +200,22 @@ func (f *cgroupFakeFS) rmdir(p string) error {
 	return nil
 }
 
+func (f *cgroupFakeFS) subdirs(p string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.dirs[p]; !ok {
+		return nil, &os.PathError{Op: "open", Path: p, Err: unix.ENOENT}
+	}
+	var names []string
+	for d := range f.dirs {
+		if filepath.Dir(d) == p {
+			names = append(names, filepath.Base(d))
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
 func (f *cgroupFakeFS) ppid(pid int) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -477,6 +493,58 @@ func TestCgroupV2Delegation(t *testing.T) {
 			t.Error("directories left behind by a failed create")
 		}
 	})
+}
+
+// TestCgroupSweep: leftovers of a killed run of the same instance go, busy
+// ones and those of running silos stay, other instances are not touched.
+func TestCgroupSweep(t *testing.T) {
+	t.Parallel()
+	const instance = "/var/lib/silo-proxy"
+	base, other := cgroupInstanceDir(instance), cgroupInstanceDir("/srv/other-proxy")
+	f := newCgroupFakeFS("/cg", []string{"memory", "pids"}, "/v1/cpu")
+	for _, d := range []string{"/cg/" + base, "/cg/" + base + "/gone", "/cg/" + base + "/busy",
+		"/v1/cpu/" + base, "/v1/cpu/" + base + "/gone", "/cg/" + other, "/cg/" + other + "/x"} {
+		f.addDir(d)
+	}
+	f.dirs["/cg/"+base+"/busy"].procs = []int{321}
+	h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg", V1Dirs: map[string]string{cgroupCPU: "/v1/cpu"}})
+	log, logs := cgroupTestLogger(t)
+	running, err := h.create(instance, "running", config.Limits{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.sweep(instance, log); err != nil {
+		t.Fatal(err)
+	}
+	for dir, want := range map[string]bool{
+		"/cg/" + base + "/gone":     false,
+		"/v1/cpu/" + base + "/gone": false,
+		"/cg/" + base + "/busy":     true,
+		"/cg/" + base + "/running":  true,
+		"/cg/" + base:               true,
+		"/cg/" + other + "/x":       true,
+	} {
+		if f.exists(dir) != want {
+			t.Errorf("%s exists = %v, want %v", dir, !want, want)
+		}
+	}
+	if !strings.Contains(logs.String(), "still has tasks") {
+		t.Errorf("the busy leftover was not reported:\n%s", logs)
+	}
+	// Once the running silo is destroyed and the busy task gone, a later
+	// sweep removes the rest, base included.
+	if err := running.destroy(); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.dirs["/cg/"+base+"/busy"].procs = nil
+	f.mu.Unlock()
+	if err := h.sweep(instance, log); err != nil {
+		t.Fatal(err)
+	}
+	if f.exists("/cg/"+base) || f.exists("/v1/cpu/"+base) {
+		t.Error("the instance directories survived an empty sweep")
+	}
 }
 
 func TestCgroupUsageSources(t *testing.T) {
