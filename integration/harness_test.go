@@ -348,7 +348,7 @@ func psqlErr(cfg *config.Config, silo, db, sql, password string) (string, error)
 // of the output as is.
 func siloShell(t testing.TB, conn *pgx.Conn, script string) []string {
 	t.Helper()
-	out, err := siloShellErr(conn, script+" 2>&1; echo exit=$?")
+	out, err := siloShellErr(conn, "{ "+script+"\n} 2>&1; echo exit=$?")
 	if err != nil {
 		t.Fatalf("COPY FROM PROGRAM %q: %v", script, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,13 +15,20 @@ import (
 )
 
 // A silo's user namespace maps namespace ids 0..65535 to a block of host
-// ids of the same size, used for both uids and gids. Blocks are handed out
-// from a pool that starts at 2^20 (1048576) in steps of 65536: far above
-// the ids distributions give to users (below 60000) and above the
-// subordinate ranges useradd hands out by default (100000 + 65536·n for
-// the first few users); every allocation is still checked against
-// /etc/passwd, /etc/group, /etc/subuid and /etc/subgid, and against the
-// blocks already recorded for the other silos of the same state_dir.
+// ids of the same size, used for both uids and gids. Blocks come from a
+// pool that starts at 2^20 (1048576), far above the ids distributions give
+// to users (below 60000) and the subordinate ranges useradd hands out by
+// default (100000 + 65536·n for the first few users). Every allocation is
+// checked against /etc/passwd, /etc/group, /etc/subuid and /etc/subgid,
+// against the blocks recorded for the other silos of the same state_dir,
+// and against the uids of running processes (which catches the silos of
+// another silo-proxy with another state_dir).
+//
+// The search starts at a block chosen by a hash of the state_dir, not at
+// the bottom of the pool, so that two proxy instances on one host (or
+// parallel test runs) do not both begin with the same block; a state_dir's
+// silos still get neighbouring blocks. Once recorded in
+// <state_dir>/silos/<name>/idmap, a silo's block never changes.
 const (
 	// IDRangeSize is the number of ids mapped into every silo: a full
 	// 16-bit range, so any uid a program inside may pick is mapped.
@@ -158,10 +166,24 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// allocateIDRange returns the lowest free block of the pool that overlaps
-// none of taken.
-func allocateIDRange(taken []idSpan) (IDRange, error) {
-	for base := uint64(idPoolStart); base+IDRangeSize <= idPoolEnd; base += IDRangeSize {
+// idPoolBlocks is the number of blocks in the pool.
+const idPoolBlocks = (idPoolEnd - idPoolStart) / IDRangeSize
+
+// idSearchStart picks the pool block where the search for a state_dir's
+// new blocks begins: one of the first half of the pool, by FNV-1a of the
+// state_dir's path.
+func idSearchStart(stateDir string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(filepath.Clean(stateDir)))
+	return h.Sum64() % (idPoolBlocks / 2)
+}
+
+// allocateIDRange returns the first free block of the pool, searching
+// upwards from block index first and wrapping around, that overlaps none
+// of taken.
+func allocateIDRange(taken []idSpan, first uint64) (IDRange, error) {
+	for i := uint64(0); i < idPoolBlocks; i++ {
+		base := idPoolStart + ((first+i)%idPoolBlocks)*IDRangeSize
 		r := IDRange{HostID: uint32(base), Size: IDRangeSize}
 		free := true
 		for _, s := range taken {
@@ -175,6 +197,41 @@ func allocateIDRange(taken []idSpan) (IDRange, error) {
 		}
 	}
 	return IDRange{}, errors.New("no free block of 65536 host ids left in the pool")
+}
+
+// runningIDSpans returns the real and effective uids and gids of every
+// process on the host (read from procRoot, /proc outside tests).
+func runningIDSpans(procRoot string) []idSpan {
+	ents, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil
+	}
+	seen := map[uint64]bool{}
+	var out []idSpan
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok || (k != "Uid" && k != "Gid") {
+				continue
+			}
+			for _, f := range strings.Fields(v) {
+				id, err := strconv.ParseUint(f, 10, 32)
+				if err != nil || seen[id] {
+					continue
+				}
+				seen[id] = true
+				out = append(out, idSpan{start: id, end: id + 1, owner: "running process " + e.Name()})
+			}
+		}
+	}
+	return out
 }
 
 // parseIDDatabase extracts the ids in use from the text of /etc/passwd
@@ -253,6 +310,8 @@ type idAllocator struct {
 	stateDir string
 	// hostFiles reads a host id database; os.ReadFile outside tests.
 	hostFiles func(path string) ([]byte, error)
+	// procRoot is where running processes are listed; "" skips that check.
+	procRoot string
 }
 
 func (a *idAllocator) idmapPath(silo string) string {
@@ -312,7 +371,11 @@ func (a *idAllocator) rangeFor(silo string) (IDRange, error) {
 	if err != nil {
 		return IDRange{}, fmt.Errorf("reading host id databases: %w", err)
 	}
-	r, err = allocateIDRange(append(others, host...))
+	taken := append(others, host...)
+	if a.procRoot != "" {
+		taken = append(taken, runningIDSpans(a.procRoot)...)
+	}
+	r, err = allocateIDRange(taken, idSearchStart(a.stateDir))
 	if err != nil {
 		return IDRange{}, err
 	}

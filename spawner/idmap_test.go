@@ -45,7 +45,7 @@ func TestAllocateIDRange(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r, err := allocateIDRange(tc.taken)
+			r, err := allocateIDRange(tc.taken, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,10 +61,71 @@ func TestAllocateIDRange(t *testing.T) {
 	}
 	t.Run("pool exhausted", func(t *testing.T) {
 		t.Parallel()
-		if r, err := allocateIDRange([]idSpan{{start: pool, end: idPoolEnd}}); err == nil {
+		if r, err := allocateIDRange([]idSpan{{start: pool, end: idPoolEnd}}, 7); err == nil {
 			t.Errorf("allocateIDRange on a full pool = %+v, want an error", r)
 		}
 	})
+	t.Run("search starts at the given block and wraps", func(t *testing.T) {
+		t.Parallel()
+		last := uint64(idPoolBlocks - 1)
+		lastBase := pool + last*IDRangeSize
+		r, err := allocateIDRange(nil, last)
+		if err != nil || uint64(r.HostID) != lastBase {
+			t.Errorf("allocateIDRange(nil, last) = %+v, %v; want host_id %d", r, err, lastBase)
+		}
+		if r.end() > idPoolEnd {
+			t.Errorf("last block %+v passes the end of the pool", r)
+		}
+		r, err = allocateIDRange([]idSpan{{start: lastBase, end: lastBase + 1}}, last)
+		if err != nil || r.HostID != idPoolStart {
+			t.Errorf("allocateIDRange past a taken last block = %+v, %v; want the wrap to %d", r, err, idPoolStart)
+		}
+	})
+}
+
+func TestIDSearchStart(t *testing.T) {
+	t.Parallel()
+	a, b := idSearchStart("/var/lib/silo-proxy"), idSearchStart("/srv/other-proxy/state")
+	if a == b {
+		t.Errorf("two state_dirs start their search at the same block %d", a)
+	}
+	if a != idSearchStart("/var/lib/silo-proxy/") {
+		t.Error("the search start depends on a trailing slash")
+	}
+	for _, v := range []uint64{a, b} {
+		if v >= idPoolBlocks/2 {
+			t.Errorf("start block %d is outside the first half of the pool", v)
+		}
+	}
+}
+
+func TestRunningProcessesAreAvoided(t *testing.T) {
+	t.Parallel()
+	a := &idAllocator{stateDir: t.TempDir(), hostFiles: fakeEtc(nil)}
+	start := idPoolStart + idSearchStart(a.stateDir)*IDRangeSize
+	// A process of another proxy's silo runs with an id in the first block
+	// this state_dir would pick.
+	proc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "4242"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	status := "Name:\tpostgres\nUid:\t" + strconv.FormatUint(start+1000, 10) + "\t" + strconv.FormatUint(start+1000, 10) + "\t0\t0\nGid:\t5\t5\t5\t5\n"
+	if err := os.WriteFile(filepath.Join(proc, "4242", "status"), []byte(status), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(proc, "self"), 0o755) // not a pid: ignored
+	spans := runningIDSpans(proc)
+	if len(spans) != 3 {
+		t.Errorf("runningIDSpans = %+v, want uid %d, 0 and gid 5", spans, start+1000)
+	}
+	a.procRoot = proc
+	r, err := a.rangeFor("sales")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(r.HostID) != start+IDRangeSize {
+		t.Errorf("got %d, want %d: the block of the running process is skipped", r.HostID, start+IDRangeSize)
+	}
 }
 
 func TestParseIDDatabase(t *testing.T) {
@@ -107,18 +168,20 @@ func newTestAllocator(t *testing.T, etc map[string]string) *idAllocator {
 
 func TestIDAllocatorPersistsAndAvoidsOthers(t *testing.T) {
 	t.Parallel()
-	// A host user sits in the first block of the pool, and a subordinate
-	// range covers the second.
-	a := newTestAllocator(t, map[string]string{
-		"/etc/passwd": "svc:x:1048700:1048700::/:/bin/false\n",
-		"/etc/subuid": "alice:1114112:65536\n",
+	a := &idAllocator{stateDir: t.TempDir()}
+	start := uint64(idPoolStart) + idSearchStart(a.stateDir)*IDRangeSize
+	// A host user sits in the block the search starts at, and a
+	// subordinate range covers the next one.
+	a.hostFiles = fakeEtc(map[string]string{
+		"/etc/passwd": "svc:x:" + strconv.FormatUint(start+100, 10) + ":" + strconv.FormatUint(start+100, 10) + "::/:/bin/false\n",
+		"/etc/subuid": "alice:" + strconv.FormatUint(start+IDRangeSize, 10) + ":65536\n",
 	})
 	first, err := a.rangeFor("sales")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.HostID != idPoolStart+2*IDRangeSize {
-		t.Errorf("first silo got %d, want %d (blocks 0 and 1 are used by the host)", first.HostID, idPoolStart+2*IDRangeSize)
+	if uint64(first.HostID) != start+2*IDRangeSize {
+		t.Errorf("first silo got %d, want %d (the first two blocks searched are used by the host)", first.HostID, start+2*IDRangeSize)
 	}
 	second, err := a.rangeFor("default")
 	if err != nil {

@@ -2,13 +2,16 @@ package spawner
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -58,6 +61,9 @@ func (r *reporter) fail(step string, err error) int {
 }
 
 func runInit(rep *reporter) int {
+	if os.Getenv(envInitStage2) != "" {
+		return runStage2(rep)
+	}
 	fd, err := strconv.Atoi(os.Getenv(envInitPipe))
 	if err != nil || fd < 3 {
 		return rep.fail("config", fmt.Errorf("%s is not set to an inherited descriptor", envInitPipe))
@@ -76,20 +82,6 @@ func runInit(rep *reporter) int {
 		return rep.fail("config", err)
 	}
 
-	// The proxy holds the write end for as long as it wants the silo to
-	// live. EOF means it closed it, or died without Pdeathsig reaching us.
-	lifeline := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, br)
-		close(lifeline)
-	}()
-
-	// Notify before anything is started, so no SIGCHLD is missed. As PID 1
-	// of a pid namespace, init receives from its parent namespace only the
-	// signals it has handlers for: these.
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGHUP, unix.SIGCHLD)
-
 	unix.Umask(0o022)
 	if err := fslayout.Apply(cfg.Plan, cfg.Root); err != nil {
 		return rep.fail("mount", err)
@@ -97,32 +89,131 @@ func runInit(rep *reporter) int {
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return rep.fail("sethostname", &fslayout.MountError{Op: "sethostname", Target: cfg.Hostname, Err: err})
 	}
+	if cfg.Postmaster != nil {
+		// Stage 2 takes over with the same pipes; exec only returns on
+		// failure.
+		err := execStage2(cfg, fd, rep)
+		return rep.fail("exec", err)
+	}
+
+	// The proxy holds the write end for as long as it wants the silo to
+	// live. EOF means it closed it, or died without Pdeathsig reaching us.
+	lifeline := watchLifeline(br)
+	sigs := notifySignals()
 	if err := confine(cfg); err != nil {
 		return rep.fail("confine", err)
 	}
-
 	sup := &supervisor{sigs: sigs, lifeline: lifeline}
-	for _, c := range cfg.Commands {
-		pid, err := startCommand(cfg, c)
-		if err != nil {
-			return rep.fail(c.Step, err)
+	if code, ok := runCommands(cfg, sup, rep); !ok {
+		return code
+	}
+	rep.send(initReport{Kind: reportDone})
+	return 0
+}
+
+// envInitStage2 names the memfd holding stage 2's config (see execStage2).
+const envInitStage2 = "_SILO_INITSTAGE2"
+
+// nsLastPid is the pid namespace's last allocated pid (proc(5)); writing it
+// needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) in the user namespace
+// owning the pid namespace, which silo-init holds.
+const nsLastPid = "/proc/sys/kernel/ns_last_pid"
+
+// execStage2 re-executes silo-init inside the finished root so that the
+// postmaster can be PID 2. The Go runtime of stage 1 created its threads
+// (sysmon, GC workers...) before any of our code ran, and thread ids come
+// from the same pid space: they hold pids 2, 3, ... for as long as the
+// process lives. execve ends every thread but the caller's and frees those
+// pids. Setting ns_last_pid to 2 first makes stage 2's own runtime
+// threads start at 3, which leaves 2 for the postmaster.
+//
+// Stage 2 keeps the config pipe (the lifeline) and the report pipe, and
+// reads its config, the plan stripped, from a memfd.
+func execStage2(cfg *initConfig, lifelineFD int, rep *reporter) error {
+	st := *cfg
+	st.Plan = fslayout.Plan{}
+	b, err := json.Marshal(&st)
+	if err != nil {
+		return err
+	}
+	mfd, err := unix.MemfdCreate("silo-init-stage2", 0)
+	if err != nil {
+		return &os.SyscallError{Syscall: "memfd_create", Err: err}
+	}
+	f := os.NewFile(uintptr(mfd), "silo-init-stage2")
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	reportFD := -1
+	if rf, ok := rep.w.(*os.File); ok && rf != os.Stderr {
+		reportFD = int(rf.Fd())
+	}
+	for _, fd := range []int{lifelineFD, reportFD, mfd} {
+		if fd < 0 {
+			continue
 		}
-		ws, killed := sup.wait(pid)
-		if killed {
-			return 137
-		}
-		if !ws.Exited() || ws.ExitStatus() != 0 {
-			return rep.fail(c.Step, fmt.Errorf("%s %s", c.Args[0], describeWait(ws)))
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return &os.SyscallError{Syscall: "fcntl(F_SETFD)", Err: err}
 		}
 	}
-	if cfg.Postmaster == nil {
-		rep.send(initReport{Kind: reportDone})
-		return 0
+	// Best effort: without it the postmaster gets some other low pid.
+	os.WriteFile(nsLastPid, []byte("2"), 0)
+	env := []string{
+		envInitStage2 + "=" + strconv.Itoa(mfd),
+		envInitPipe + "=" + strconv.Itoa(lifelineFD),
+		envReportPipe + "=" + strconv.Itoa(reportFD),
 	}
-	pid, err := startCommand(cfg, *cfg.Postmaster)
+	err = unix.Exec("/proc/self/exe", []string{os.Args[0], InitArg, cfg.Silo}, env)
+	return &os.SyscallError{Syscall: "execve(/proc/self/exe)", Err: err}
+}
+
+// runStage2 is silo-init after execStage2, inside the silo's root: it
+// drops privileges, starts the postmaster as PID 2 and supervises it.
+func runStage2(rep *reporter) int {
+	mfd, err := strconv.Atoi(os.Getenv(envInitStage2))
+	if err != nil || mfd < 3 {
+		return rep.fail("config", fmt.Errorf("%s is not set to an inherited descriptor", envInitStage2))
+	}
+	lfd, err := strconv.Atoi(os.Getenv(envInitPipe))
+	if err != nil || lfd < 3 {
+		return rep.fail("config", fmt.Errorf("%s is not set to an inherited descriptor", envInitPipe))
+	}
+	for _, e := range []string{envInitStage2, envInitPipe, envReportPipe} {
+		os.Unsetenv(e)
+	}
+	syscall.CloseOnExec(lfd)
+	mf := os.NewFile(uintptr(mfd), "silo-init-stage2")
+	b, err := io.ReadAll(io.LimitReader(mf, maxInitMessage+1))
+	mf.Close()
+	if err != nil {
+		return rep.fail("config", err)
+	}
+	cfg, err := decodeInitConfig(b)
+	if err != nil {
+		return rep.fail("config", err)
+	}
+	sigs := notifySignals()
+	if err := confine(cfg); err != nil {
+		return rep.fail("confine", err)
+	}
+	lifeline := make(chan struct{})
+	sup := &supervisor{sigs: sigs, lifeline: lifeline}
+	if code, ok := runCommands(cfg, sup, rep); !ok {
+		return code
+	}
+	pid, err := startPID2(cfg)
 	if err != nil {
 		return rep.fail(cfg.Postmaster.Step, err)
 	}
+	// Only now: a goroutine blocked in read(2) may make the runtime start
+	// another thread, which must not take pid 2 first.
+	go func() {
+		io.Copy(io.Discard, os.NewFile(uintptr(lfd), "silo-init-lifeline"))
+		close(lifeline)
+	}()
 	rep.send(initReport{Kind: reportStarted, Pid: pid})
 	ws, killed := sup.wait(pid)
 	if killed {
@@ -140,6 +231,63 @@ func runInit(rep *reporter) int {
 	}
 	rep.send(m)
 	return code
+}
+
+// startPID2 starts the postmaster as pid 2 of the silo. execStage2's
+// execve ended stage 1's threads, but the kernel releases their pids a
+// moment later: wait until thread 2 of init is gone (tgkill answers
+// ESRCH), then set ns_last_pid to 1 so that the next pid handed out is 2.
+// The collector is paused so that no new runtime thread is created between
+// the write and the fork. Should pid 2 still be taken, the postmaster
+// simply gets another pid: nothing depends on the number.
+func startPID2(cfg *initConfig) (int, error) {
+	deadline := time.Now().Add(time.Second)
+	for unix.Tgkill(1, 2, 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	gc := debug.SetGCPercent(-1)
+	defer debug.SetGCPercent(gc)
+	os.WriteFile(nsLastPid, []byte("1"), 0)
+	return startCommand(cfg, *cfg.Postmaster)
+}
+
+// watchLifeline returns a channel closed when r reaches EOF.
+func watchLifeline(r io.Reader) chan struct{} {
+	lifeline := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, r)
+		close(lifeline)
+	}()
+	return lifeline
+}
+
+// notifySignals subscribes to the signals init handles. Subscribe before
+// anything is started, so no SIGCHLD is missed. As PID 1 of a pid
+// namespace, init receives from its parent namespace only the signals it
+// has handlers for: these.
+func notifySignals() chan os.Signal {
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGHUP, unix.SIGCHLD)
+	return sigs
+}
+
+// runCommands runs cfg.Commands one after the other. ok is false when one
+// failed or the silo is being torn down; code is then init's exit status.
+func runCommands(cfg *initConfig, sup *supervisor, rep *reporter) (code int, ok bool) {
+	for _, c := range cfg.Commands {
+		pid, err := startCommand(cfg, c)
+		if err != nil {
+			return rep.fail(c.Step, err), false
+		}
+		ws, killed := sup.wait(pid)
+		if killed {
+			return 137, false
+		}
+		if !ws.Exited() || ws.ExitStatus() != 0 {
+			return rep.fail(c.Step, fmt.Errorf("%s %s", c.Args[0], describeWait(ws))), false
+		}
+	}
+	return 0, true
 }
 
 // readLine reads one newline-terminated line of at most limit bytes.
@@ -179,13 +327,16 @@ func confine(cfg *initConfig) error {
 
 // startCommand starts c as the silo's postgres user with init's stdin and
 // stderr (both pipes from the proxy's point of view) and returns its pid.
-// Children are never waited for through os.Process: init's own reaper
-// collects every exit, including those of orphans reparented to it.
+// It forks with syscall.ForkExec rather than os.StartProcess: the latter's
+// first call forks a throwaway child to probe clone(CLONE_PIDFD), which
+// would take the pid startPID2 reserved. Children are never waited for
+// through os.Process: init's own reaper collects every exit, including
+// those of orphans reparented to it.
 func startCommand(cfg *initConfig, c initCommand) (int, error) {
-	attr := &os.ProcAttr{
+	attr := &syscall.ProcAttr{
 		Dir:   c.Dir,
 		Env:   c.Env,
-		Files: []*os.File{os.Stdin, os.Stderr, os.Stderr},
+		Files: []uintptr{0, 2, 2},
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{
 				Uid: uint32(cfg.UID),
@@ -196,12 +347,10 @@ func startCommand(cfg *initConfig, c initCommand) (int, error) {
 			},
 		},
 	}
-	p, err := os.StartProcess(c.Path, c.Args, attr)
+	pid, err := syscall.ForkExec(c.Path, c.Args, attr)
 	if err != nil {
-		return 0, err
+		return 0, &os.PathError{Op: "exec", Path: c.Path, Err: err}
 	}
-	pid := p.Pid
-	p.Release()
 	return pid, nil
 }
 

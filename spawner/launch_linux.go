@@ -90,7 +90,7 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 	return &hostLauncher{
 		exe:      exe,
 		mode:     mode,
-		ids:      &idAllocator{stateDir: cfg.StateDir, hostFiles: os.ReadFile},
+		ids:      &idAllocator{stateDir: cfg.StateDir, hostFiles: os.ReadFile, procRoot: "/proc"},
 		log:      log,
 		stateDir: cfg.StateDir,
 		lockFile: lock,
@@ -422,8 +422,13 @@ func listedDatabases(dbs []string) []string {
 // id_base) must traverse it to bind data and run, but may not list it or
 // read the password file next to them.
 func prepareDirs(cfg *config.Config, paths config.SiloPaths, ids idSetup) error {
+	// Both directories belong to silo-proxy: their mode is enforced, not
+	// just set at creation.
 	for _, d := range []string{filepath.Join(cfg.StateDir, "silos"), paths.Dir} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
 			return err
 		}
 	}

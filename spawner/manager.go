@@ -218,10 +218,11 @@ func startTimeout(sc config.Silo) time.Duration {
 	return defaultStartLimit
 }
 
-// unavailable wraps ErrUnavailable with the silo's last error.
+// unavailable wraps ErrUnavailable and the silo's last error (an
+// *InitError, say, which callers may inspect with errors.As).
 func unavailable(s *silo, why string) error {
 	if s.lastErr != nil {
-		return fmt.Errorf("silo %s %s: %w: %v", s.name, why, ErrUnavailable, s.lastErr)
+		return fmt.Errorf("silo %s %s: %w: %w", s.name, why, ErrUnavailable, s.lastErr)
 	}
 	return fmt.Errorf("silo %s %s: %w", s.name, why, ErrUnavailable)
 }
