@@ -1,7 +1,6 @@
 package spawner
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,12 +71,11 @@ func runInit(rep *reporter) int {
 	os.Unsetenv(envInitPipe)
 	os.Unsetenv(envReportPipe)
 	pipe := os.NewFile(uintptr(fd), "silo-init-config")
-	br := bufio.NewReaderSize(pipe, 64<<10)
-	line, err := readLine(br, maxInitMessage)
+	msg, err := readFrame(pipe, maxInitMessage)
 	if err != nil {
 		return rep.fail("config", fmt.Errorf("reading the config pipe: %w", err))
 	}
-	cfg, err := decodeInitConfig(line)
+	cfg, err := decodeInitConfig(msg)
 	if err != nil {
 		return rep.fail("config", err)
 	}
@@ -96,10 +94,13 @@ func runInit(rep *reporter) int {
 		return rep.fail("exec", err)
 	}
 
+	sigs := notifySignals()
+	if err := awaitStart(pipe); err != nil {
+		return 137
+	}
 	// The proxy holds the write end for as long as it wants the silo to
 	// live. EOF means it closed it, or died without Pdeathsig reaching us.
-	lifeline := watchLifeline(br)
-	sigs := notifySignals()
+	lifeline := watchLifeline(pipe)
 	if err := confine(cfg); err != nil {
 		return rep.fail("confine", err)
 	}
@@ -196,6 +197,10 @@ func runStage2(rep *reporter) int {
 		return rep.fail("config", err)
 	}
 	sigs := notifySignals()
+	lpipe := os.NewFile(uintptr(lfd), "silo-init-lifeline")
+	if err := awaitStart(lpipe); err != nil {
+		return 137
+	}
 	if err := confine(cfg); err != nil {
 		return rep.fail("confine", err)
 	}
@@ -211,7 +216,7 @@ func runStage2(rep *reporter) int {
 	// Only now: a goroutine blocked in read(2) may make the runtime start
 	// another thread, which must not take pid 2 first.
 	go func() {
-		io.Copy(io.Discard, os.NewFile(uintptr(lfd), "silo-init-lifeline"))
+		io.Copy(io.Discard, lpipe)
 		close(lifeline)
 	}()
 	rep.send(initReport{Kind: reportStarted, Pid: pid})
@@ -290,25 +295,18 @@ func runCommands(cfg *initConfig, sup *supervisor, rep *reporter) (code int, ok 
 	return 0, true
 }
 
-// readLine reads one newline-terminated line of at most limit bytes.
-func readLine(br *bufio.Reader, limit int) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if len(line) > limit {
-			return nil, fmt.Errorf("line exceeds %d bytes", limit)
-		}
-		if err == nil {
-			return line, nil
-		}
-		if err != bufio.ErrBufferFull {
-			if err == io.EOF {
-				return nil, io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
+// awaitStart blocks until the proxy sends startByte: silo-init is in the
+// silo's cgroup and may start programs. EOF (the proxy gave up or died) or
+// anything else is an error, and init exits.
+func awaitStart(r io.Reader) error {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return err
 	}
+	if b[0] != startByte {
+		return fmt.Errorf("unexpected byte %#x on the config pipe", b[0])
+	}
+	return nil
 }
 
 // confine is the last step before the silo's own programs start, on the

@@ -1,10 +1,13 @@
 package spawner
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"strings"
 	"syscall"
@@ -28,14 +31,53 @@ const InitArg = "silo-init"
 // and secrets never travel in argv, where every user of the host can read
 // them in /proc/<pid>/cmdline.
 const (
-	// envInitPipe names the read end of the config pipe: one JSON line of
-	// initConfig, then nothing until the proxy closes it or dies; that EOF
-	// is silo-init's signal to take the whole silo down.
+	// envInitPipe names the read end of the config pipe: the initConfig
+	// as one framed JSON message (see writeFrame), then the single byte
+	// startByte once silo-init may start programs, then nothing until the
+	// proxy closes it or dies; that EOF is silo-init's signal to take the
+	// whole silo down.
 	envInitPipe = "_SILO_INITPIPE"
 	// envReportPipe names the write end of the report pipe: JSON lines of
 	// initReport, read by the proxy.
 	envReportPipe = "_SILO_INITREPORT"
 )
+
+// startByte tells silo-init that the proxy has placed it in the silo's
+// cgroup, so programs it starts from now on are born inside. Sending the
+// config first lets init build the root (and re-execute itself) while the
+// proxy waits for the kernel's slow cgroup v1 migration.
+const startByte = 'S'
+
+// writeFrame writes msg with a 4-byte big-endian length before it. The
+// config is framed, not newline-terminated, so that silo-init can read
+// exactly the message and no byte beyond it: the start byte that follows
+// must still be in the pipe when init re-executes itself.
+func writeFrame(w io.Writer, msg []byte) error {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(msg)))
+	if _, err := w.Write(append(hdr[:], msg...)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// readFrame reads one message written by writeFrame, refusing anything
+// longer than limit.
+func readFrame(r io.Reader, limit int) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if uint64(n) > uint64(limit) {
+		return nil, fmt.Errorf("message of %d bytes exceeds %d", n, limit)
+	}
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
 
 // maxInitMessage bounds one line on either pipe. The config carries the
 // mount plan (a few hundred ops for a minimal layout, including the
@@ -290,5 +332,27 @@ func (r initReport) initError() *InitError {
 		Flags:   r.Flags,
 		Errno:   syscall.Errno(r.Errno),
 		Message: r.Message,
+	}
+}
+
+// readLine reads one newline-terminated line of at most limit bytes: the
+// framing of the report pipe.
+func readLine(br *bufio.Reader, limit int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > limit {
+			return nil, fmt.Errorf("line exceeds %d bytes", limit)
+		}
+		if err == nil {
+			return line, nil
+		}
+		if err != bufio.ErrBufferFull {
+			if err == io.EOF {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 }

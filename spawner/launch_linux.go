@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,6 +40,9 @@ const (
 const hbaConf = "# Written by silo-proxy. The postmaster listens only on its Unix socket\n" +
 	"# (listen_addresses=''), and every session authenticates with SCRAM.\n" +
 	"local all all scram-sha-256\n"
+
+// readyLogLine is what the postmaster logs once it accepts sessions.
+const readyLogLine = "database system is ready to accept connections"
 
 // socketName is the postmaster's socket in the silo's socket directory;
 // the port is forced to 5432 on the command line.
@@ -87,6 +91,12 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 		return nil, fmt.Errorf("state_dir lock: %w", err)
 	}
 	log.Info("silo isolation mode", "mode", string(mode), "why", why)
+	if mode == ModePrivileged {
+		// Cgroups a killed predecessor on this state_dir left behind.
+		if err := sweepCgroups(cfg.StateDir, log); err != nil {
+			log.Warn("removing leftover silo cgroups", "err", err.Error())
+		}
+	}
 	return &hostLauncher{
 		exe:      exe,
 		mode:     mode,
@@ -241,6 +251,7 @@ type launcher interface {
 // exists. Cancelling ctx kills a silo that is not ready yet.
 func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc, error) {
 	cfg, silo, log := req.Config, req.Silo, req.Log
+	phases := newPhaseTimer()
 	if cfg.StateDir != l.stateDir {
 		return nil, fmt.Errorf("BUG: state_dir changed from %s to %s", l.stateDir, cfg.StateDir)
 	}
@@ -260,13 +271,15 @@ func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc,
 	if err != nil {
 		return nil, err
 	}
+	phases.mark("prepare")
 	var cg *cgroup
 	if !ids.rootless {
 		if cg, err = createCgroup(cfg.StateDir, silo.Name, silo.Limits, l.log); err != nil {
 			return nil, err
 		}
 	}
-	p, err := l.start(ctx, req, inst, paths, ids, password, cg)
+	phases.mark("cgroup")
+	p, err := l.start(ctx, req, inst, paths, ids, password, cg, phases)
 	if err != nil {
 		if derr := cg.destroy(); derr != nil {
 			log.Warn("removing the silo's cgroup", "err", derr.Error())
@@ -276,12 +289,13 @@ func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc,
 	return p, nil
 }
 
-func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup) (*hostProcess, error) {
+func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup, phases *phaseTimer) (*hostProcess, error) {
 	silo, log := req.Silo, req.Log
 	if _, err := os.Stat(paths.Data); errors.Is(err, fs.ErrNotExist) {
 		if err := l.bootstrap(ctx, req, inst, paths, ids, password, cg); err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
+		phases.mark("bootstrap")
 	} else if err != nil {
 		return nil, err
 	}
@@ -303,6 +317,7 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 			return nil, err
 		}
 	}
+	phases.mark("plan")
 	// A socket or lock file left by a postmaster that was killed would
 	// only confuse the readiness probe; nothing else can be using the
 	// directory while we hold the state_dir lock.
@@ -317,12 +332,15 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 	}
 	p.socketDir = paths.Run
 	p.password = password
+	p.dbMarker = filepath.Join(paths.Dir, "databases")
+	phases.mark("spawn")
 	if err := p.waitStarted(ctx); err != nil {
 		p.kill()
 		<-p.done()
 		return nil, err
 	}
-	if err := waitReady(ctx, filepath.Join(paths.Run, socketName), p.done()); err != nil {
+	phases.mark("root")
+	if err := waitReady(ctx, filepath.Join(paths.Run, socketName), p.done(), p.readyHint); err != nil {
 		p.kill()
 		<-p.done()
 		if perr := p.exitErr(); perr != nil {
@@ -330,11 +348,14 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 		}
 		return nil, err
 	}
+	phases.mark("postmaster")
 	if err := p.ensureDatabases(ctx, listedDatabases(silo.Databases)); err != nil {
 		p.kill()
 		<-p.done()
 		return nil, err
 	}
+	phases.mark("databases")
+	log.Debug("silo start phases", phases.attrs()...)
 	// From here on the process owns the cgroup and removes it on exit.
 	p.mu.Lock()
 	p.cg = cg
@@ -524,6 +545,10 @@ func checkReachable(plan fslayout.Plan, r IDRange) error {
 func (l *hostLauncher) bootstrap(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup) error {
 	silo, log := req.Silo, req.Log
 	tmp := paths.Data + ".bootstrap"
+	// A new data directory has none of the databases recorded for an old one.
+	if err := os.Remove(filepath.Join(paths.Dir, "databases")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	if err := os.RemoveAll(tmp); err != nil {
 		return fmt.Errorf("removing the interrupted bootstrap %s: %w", tmp, err)
 	}
@@ -638,6 +663,12 @@ type hostProcess struct {
 
 	socketDir string
 	password  string
+	// dbMarker records the databases known to exist (see ensureDatabases).
+	dbMarker string
+	// readyHint is closed when the postmaster logs that it is ready, so
+	// the readiness probe need not wait for its next poll.
+	readyHint chan struct{}
+	hintOnce  sync.Once
 	// cg is the silo's cgroup once the silo is running; the process
 	// removes it after silo-init exits.
 	cg *cgroup
@@ -658,11 +689,10 @@ type hostProcess struct {
 // cg, when not nil, receives silo-init before it reads its config, so the
 // postmaster and every backend are born inside the silo's cgroup.
 func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConfig, ids idSetup, cg *cgroup, log *slog.Logger) (*hostProcess, error) {
-	line, err := json.Marshal(ic)
+	msg, err := json.Marshal(ic)
 	if err != nil {
 		return nil, err
 	}
-	line = append(line, '\n')
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -701,28 +731,40 @@ func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConf
 		return nil, fmt.Errorf("starting silo-init (%s): %w", l.exe, err)
 	}
 	p := &hostProcess{
-		name:     silo.Name,
-		log:      log,
-		cmd:      cmd,
-		lifeline: cfgW,
-		tail:     &logTail{},
-		changed:  make(chan struct{}),
-		doneCh:   make(chan struct{}),
+		name:      silo.Name,
+		log:       log,
+		cmd:       cmd,
+		lifeline:  cfgW,
+		tail:      &logTail{},
+		readyHint: make(chan struct{}),
+		changed:   make(chan struct{}),
+		doneCh:    make(chan struct{}),
 	}
 	logDone := make(chan struct{})
 	go p.readLog(logR, logDone)
 	go p.monitor(repR, logDone)
-	// init blocks reading its config, so anything that must hold before
-	// the postmaster exists (its cgroup) is arranged here first.
-	if err := cg.addProcess(cmd.Process.Pid); err != nil {
+	// init builds the root while the kernel moves it into the silo's
+	// cgroup (milliseconds per cgroup v1 hierarchy), and starts no program
+	// before the start byte says the move is done.
+	// Each step fails when init has already given up (it reports why, then
+	// exits: the cgroup move finds no such process, the pipe is broken);
+	// init's own report is then the error worth returning.
+	fail := func(err error) (*hostProcess, error) {
 		p.kill()
 		<-p.done()
+		if ierr := p.exitErr(); ierr != nil && p.reported() {
+			return nil, ierr
+		}
 		return nil, err
 	}
-	if _, err := cfgW.Write(line); err != nil {
-		p.kill()
-		<-p.done()
-		return nil, fmt.Errorf("sending the silo config to silo-init: %w", err)
+	if err := writeFrame(cfgW, msg); err != nil {
+		return fail(fmt.Errorf("sending the silo config to silo-init: %w", err))
+	}
+	if err := cg.addProcess(cmd.Process.Pid); err != nil {
+		return fail(err)
+	}
+	if _, err := cfgW.Write([]byte{startByte}); err != nil {
+		return fail(fmt.Errorf("starting silo-init: %w", err))
 	}
 	return p, nil
 }
@@ -871,6 +913,13 @@ func (p *hostProcess) findHostPid() {
 	}
 }
 
+// reported says whether init sent an error or exit report.
+func (p *hostProcess) reported() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failure != nil || p.exitRep != nil
+}
+
 func (p *hostProcess) finished() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -919,8 +968,49 @@ func (p *hostProcess) usage() (Usage, bool) {
 	return cg.usage()
 }
 
+// ensureDatabases creates the missing databases of dbs. Databases it has
+// made sure of are recorded in <silo dir>/databases (outside the silo's
+// view) and not checked again, which keeps a connection and a SCRAM
+// exchange out of every cold start; a listed database that a superuser
+// later drops is therefore not recreated until the record is removed.
 func (p *hostProcess) ensureDatabases(ctx context.Context, dbs []string) error {
-	return ensureDatabases(ctx, p.socketDir, p.password, dbs, p.log)
+	known := readDatabaseMarker(p.dbMarker)
+	missing := false
+	for _, d := range dbs {
+		if !slices.Contains(known, d) {
+			missing = true
+		}
+	}
+	if !missing {
+		return nil
+	}
+	if err := ensureDatabases(ctx, p.socketDir, p.password, dbs, p.log); err != nil {
+		return err
+	}
+	all := append(slices.Clone(known), dbs...)
+	slices.Sort(all)
+	b, err := json.Marshal(slices.Compact(all))
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(p.dbMarker, append(b, '\n'), 0o600); err != nil {
+		p.log.Warn("recording the silo's databases", "err", err.Error())
+	}
+	return nil
+}
+
+// readDatabaseMarker returns the databases recorded in path; nothing when
+// the file is missing or unreadable (then every database is checked).
+func readDatabaseMarker(path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var dbs []string
+	if json.Unmarshal(b, &dbs) != nil {
+		return nil
+	}
+	return dbs
 }
 
 // readLog logs every line silo-init and the postmaster write to stderr,
@@ -935,6 +1025,9 @@ func (p *hostProcess) readLog(r *os.File, done chan<- struct{}) {
 		if line = strings.TrimRight(line, "\r\n"); line != "" {
 			lvl, text := postgresLogLevel(line)
 			p.tail.add(text)
+			if strings.Contains(text, readyLogLine) {
+				p.hintOnce.Do(func() { close(p.readyHint) })
+			}
 			p.log.Log(context.Background(), lvl, text, "source", "postgres")
 		}
 		if err != nil {
@@ -944,4 +1037,29 @@ func (p *hostProcess) readLog(r *os.File, done chan<- struct{}) {
 			return
 		}
 	}
+}
+
+// phaseTimer records how long each step of a start took, for the debug
+// log that explains a slow cold start.
+type phaseTimer struct {
+	last  time.Time
+	names []string
+	took  []time.Duration
+}
+
+func newPhaseTimer() *phaseTimer { return &phaseTimer{last: time.Now()} }
+
+func (p *phaseTimer) mark(name string) {
+	now := time.Now()
+	p.names = append(p.names, name)
+	p.took = append(p.took, now.Sub(p.last))
+	p.last = now
+}
+
+func (p *phaseTimer) attrs() []any {
+	out := make([]any, 0, 2*len(p.names))
+	for i, n := range p.names {
+		out = append(out, n, p.took[i].Round(10*time.Microsecond))
+	}
+	return out
 }

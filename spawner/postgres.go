@@ -67,20 +67,29 @@ func probeStartup(socket string, timeout time.Duration) (bool, error) {
 	return false, fmt.Errorf("unexpected %T in reply to a startup packet", m)
 }
 
-// waitReady polls the socket until the postmaster is ready, the silo
-// ends (exited closes) or ctx is done. Polls start 1 ms apart and back off
-// to 20 ms: a cold start is a few hundred milliseconds, and each poll costs
-// the postmaster a fork once it is ready, which the first success ends.
-func waitReady(ctx context.Context, socket string, exited <-chan struct{}) error {
-	delay := time.Millisecond
+// waitReady waits until the postmaster behind socket is ready, the silo
+// ends (exited closes) or ctx is done. Until the socket exists it only
+// stats the path, every millisecond; then it probes with a startup packet,
+// 2 ms apart backing off to 10 ms (each refused probe costs the starting
+// server a fork), and at once when hint closes: the postmaster has logged
+// that it is ready.
+func waitReady(ctx context.Context, socket string, exited, hint <-chan struct{}) error {
+	delay := 2 * time.Millisecond
 	for {
-		ready, _ := probeStartup(socket, time.Second)
-		if ready {
-			return nil
+		wait := time.Millisecond
+		if _, err := os.Stat(socket); err == nil {
+			if ready, _ := probeStartup(socket, time.Second); ready {
+				return nil
+			}
+			wait = delay
+			delay = min(delay*2, 10*time.Millisecond)
 		}
-		t := time.NewTimer(delay)
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
+		case <-hint:
+			t.Stop()
+			hint = nil // probe now, then poll as before
 		case <-exited:
 			t.Stop()
 			return errors.New("the silo exited before its postmaster accepted connections")
@@ -88,7 +97,6 @@ func waitReady(ctx context.Context, socket string, exited <-chan struct{}) error
 			t.Stop()
 			return ctx.Err()
 		}
-		delay = min(delay*2, 20*time.Millisecond)
 	}
 }
 

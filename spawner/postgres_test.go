@@ -112,7 +112,7 @@ func TestWaitReady(t *testing.T) {
 	t.Run("ready", func(t *testing.T) {
 		t.Parallel()
 		sock, _ := fakePostmaster(t, func() pgproto3.BackendMessage { return &pgproto3.AuthenticationOk{} })
-		if err := waitReady(context.Background(), sock, nil); err != nil {
+		if err := waitReady(context.Background(), sock, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -120,7 +120,7 @@ func TestWaitReady(t *testing.T) {
 		t.Parallel()
 		exited := make(chan struct{})
 		close(exited)
-		if err := waitReady(context.Background(), filepath.Join(t.TempDir(), "none"), exited); err == nil {
+		if err := waitReady(context.Background(), filepath.Join(t.TempDir(), "none"), exited, nil); err == nil {
 			t.Fatal("waitReady returned nil for a silo that exited")
 		}
 	})
@@ -131,7 +131,7 @@ func TestWaitReady(t *testing.T) {
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		if err := waitReady(ctx, sock, nil); err != context.DeadlineExceeded {
+		if err := waitReady(ctx, sock, nil, nil); err != context.DeadlineExceeded {
 			t.Fatalf("waitReady on a server that stays in startup = %v, want DeadlineExceeded", err)
 		}
 	})
@@ -261,4 +261,38 @@ func TestPostmasterCommand(t *testing.T) {
 
 func fslayoutInstall() fslayout.Install {
 	return fslayout.Install{BinDir: "/usr/lib/postgresql/15/bin"}
+}
+
+func TestDatabaseMarkerSkipsKnownDatabases(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := &hostProcess{
+		log:       slog.New(slog.DiscardHandler),
+		socketDir: filepath.Join(dir, "no-such-socket-dir"),
+		password:  "x",
+		dbMarker:  filepath.Join(dir, "databases"),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Without a record every database is checked: the connection to the
+	// (absent) server fails.
+	if err := p.ensureDatabases(ctx, []string{"a"}); err == nil {
+		t.Fatal("ensureDatabases without a record did not try to connect")
+	}
+	if err := os.WriteFile(p.dbMarker, []byte(`["a","b"]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ensureDatabases(ctx, []string{"b", "a"}); err != nil {
+		t.Errorf("recorded databases were checked again: %v", err)
+	}
+	if err := p.ensureDatabases(ctx, nil); err != nil {
+		t.Errorf("no databases: %v", err)
+	}
+	if err := p.ensureDatabases(ctx, []string{"a", "c"}); err == nil {
+		t.Error("a database missing from the record was not checked")
+	}
+	os.WriteFile(p.dbMarker, []byte(`not json`), 0o600)
+	if got := readDatabaseMarker(p.dbMarker); got != nil {
+		t.Errorf("a corrupt record reads as %q, want nothing", got)
+	}
 }
