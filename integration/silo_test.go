@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -147,6 +148,23 @@ func TestExampleConfigSilos(t *testing.T) {
 	}
 	if procUID(t, status(t, m, "default").Pid) == procUID(t, status(t, m, "app").Pid) {
 		t.Error("both postmasters run under the same host uid")
+	}
+	// silo-proxy psql reaches each silo as its superuser, on its first
+	// listed database unless told otherwise.
+	bin := buildBinary(t)
+	for _, c := range []struct {
+		silo string
+		args []string
+		want string
+	}{
+		{"app", []string{"-Atc", "SELECT current_database() || ' ' || current_user"}, "app postgres"},
+		{"app", []string{"-d", "app_reports", "-Atc", "SELECT current_database()"}, "app_reports"},
+		{"default", []string{"-Atc", "SELECT current_database()"}, "postgres"},
+	} {
+		out, err := exec.Command(bin, append([]string{"psql", "--config", cfg.Path, c.silo}, c.args...)...).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != c.want {
+			t.Errorf("silo-proxy psql %s %q: %v\n%s", c.silo, c.args, err, out)
+		}
 	}
 	// A wrong password is refused: the socket is not trust-authenticated.
 	if out, err := psqlErr(cfg, "app", "app", "SELECT 1", "wrong"); err == nil || !strings.Contains(out, "password authentication failed") {

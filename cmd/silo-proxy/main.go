@@ -35,6 +35,7 @@ var commands = map[string]command{
 	"import-pgsilo": {"convert a pgSilo custom_fs_layout file to YAML silos", cmdImportPgSilo},
 	"run":           {"serve clients, routing each database to its silo", cmdRun},
 	"status":        {"print the silos of a running proxy", cmdStatus},
+	"psql":          {"run psql on a silo's own socket as its superuser", cmdPsql},
 }
 
 func main() {
