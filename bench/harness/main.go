@@ -53,6 +53,7 @@ type options struct {
 	keep         bool
 	skip         string
 	report       string
+	profile      string
 }
 
 func main() {
@@ -77,7 +78,17 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.StringVar(&o.skip, "skip", "", "phases to skip: any of pgbench,cold,idle")
 	flag.StringVar(&o.report, "report", "", "print the table of this results.json and render its chart next to it, then exit")
+	flag.StringVar(&o.profile, "profile", "", "instead of the benchmark, profile the middle processes at pgbench -S -c 8 and write the results to this directory")
 	flag.Parse()
+	if o.profile != "" {
+		err := profileRun(o, o.profile)
+		stopAll()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "silo-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if o.report != "" {
 		if err := replot(o.report); err != nil {
 			fmt.Fprintln(os.Stderr, "silo-bench:", err)

@@ -73,7 +73,13 @@ type coldResult struct {
 }
 
 type idleResult struct {
+	// Requested is how many connections were to be opened; Connections
+	// how many were open when the figures were taken. They differ when
+	// the proxy refused more (Error says why).
+	Requested     int     `json:"requested"`
 	Connections   int     `json:"connections"`
+	Error         string  `json:"error,omitempty"`
+	FDLimit       int     `json:"proxy_fd_limit"`
 	Silos         int     `json:"silos"`
 	OpenSeconds   float64 `json:"open_seconds"`
 	RSSBeforeKiB  int64   `json:"rss_before_kib"`
@@ -317,6 +323,7 @@ func (r *results) goals(connClients int) {
 	}
 	if i := r.Idle; i != nil {
 		g("proxy RSS per idle client connection", i.PerConnBytes/1024, 32, "KiB", false, true)
+		g(fmt.Sprintf("idle client connections held, of %d requested", i.Requested), float64(i.Connections), float64(i.Requested), "", true, true)
 	}
 }
 
@@ -489,8 +496,11 @@ func (r *results) table(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	if i := r.Idle; i != nil {
-		fmt.Fprintf(w, "idle connections: %d over %d silos; proxy VmRSS %d -> %d KiB = %.1f KiB per connection (anonymous %.1f KiB); %.1f fds per connection; %d threads\n",
-			i.Connections, i.Silos, i.RSSBeforeKiB, i.RSSAfterKiB, i.PerConnBytes/1024, i.PerConnAnonB/1024, i.FDsPerConn, i.ThreadsAfter)
+		fmt.Fprintf(w, "idle connections: %d over %d silos; proxy VmRSS %d -> %d KiB = %.1f KiB per connection (anonymous %.1f KiB); %.1f fds per connection (limit %d); %d threads\n",
+			i.Connections, i.Silos, i.RSSBeforeKiB, i.RSSAfterKiB, i.PerConnBytes/1024, i.PerConnAnonB/1024, i.FDsPerConn, i.FDLimit, i.ThreadsAfter)
+		if i.Connections < i.Requested {
+			fmt.Fprintf(w, "  only %d of the %d requested connections could be opened: %s\n", i.Connections, i.Requested, i.Error)
+		}
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\ntargets:\n")

@@ -169,7 +169,7 @@ func writeProxyConfig(path string, port, adminPort int, bindir, stateDir, rootsD
 }
 
 func startProxy(bin, config, logPath string, port, adminPort int) (*proxyServer, error) {
-	p, err := start(procSpec{name: "silo-proxy", argv: []string{bin, "run", "--config", config}, log: logPath})
+	p, err := start(procSpec{name: "silo-proxy", argv: []string{bin, "run", "--config", config, "--shutdown-grace", "5s"}, log: logPath})
 	if err != nil {
 		return nil, err
 	}
@@ -454,9 +454,9 @@ func parseRelayVariants(s string) ([]relayVariant, error) {
 		}
 		mode, procs, _ := strings.Cut(f, "/")
 		switch mode {
-		case "splice", "rw", "epoll":
+		case "splice", "rw", "epoll", "epollraw":
 		default:
-			return nil, fmt.Errorf("relay variant %q: mode must be splice, rw or epoll, optionally /GOMAXPROCS", f)
+			return nil, fmt.Errorf("relay variant %q: mode must be splice, rw, epoll or epollraw, optionally /GOMAXPROCS", f)
 		}
 		name := "relay-" + mode
 		if procs != "" {

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,11 @@ import (
 type loop struct {
 	epfd   int
 	wakefd int // eventfd: new sessions are waiting in pending
+	// raw makes the loop's own system calls with syscall.RawSyscall:
+	// the Go scheduler then does not see a thread in a system call, so
+	// sysmon does not keep waking up every 20 µs to retake its P. The
+	// loop owns that P (and its OS thread) for good.
+	raw bool
 
 	mu      sync.Mutex
 	pending [][2]int
@@ -38,7 +44,7 @@ type side struct {
 	closed  bool
 }
 
-func newLoop() (*loop, error) {
+func newLoop(raw bool) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -47,7 +53,7 @@ func newLoop() (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &loop{epfd: epfd, wakefd: wakefd, sides: map[int]*side{}, buf: make([]byte, rwBufferSize)}
+	l := &loop{epfd: epfd, wakefd: wakefd, raw: raw, sides: map[int]*side{}, buf: make([]byte, rwBufferSize)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
 		return nil, err
 	}
@@ -99,7 +105,7 @@ func (l *loop) run() {
 	runtime.LockOSThread()
 	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
+		n, err := l.wait(events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -159,7 +165,7 @@ func (l *loop) readFrom(s *side) {
 	if s.eof || s.pending != nil {
 		return
 	}
-	n, err := unix.Read(s.fd, l.buf)
+	n, err := l.read(s.fd, l.buf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -177,7 +183,7 @@ func (l *loop) readFrom(s *side) {
 		l.modify(s, 0)
 		return
 	}
-	w, err := unix.Write(s.peer.fd, l.buf[:n])
+	w, err := l.write(s.peer.fd, l.buf[:n])
 	if err != nil && err != unix.EAGAIN {
 		l.close(s)
 		return
@@ -199,7 +205,7 @@ func (l *loop) flush(from, to *side) {
 		l.modify(to, l.events(to))
 		return
 	}
-	w, err := unix.Write(to.fd, from.pending)
+	w, err := l.write(to.fd, from.pending)
 	if err != nil && err != unix.EAGAIN {
 		l.close(from)
 		return
@@ -237,4 +243,37 @@ func (l *loop) close(s *side) {
 		unix.Close(x.fd)
 		delete(l.sides, x.fd)
 	}
+}
+
+func (l *loop) wait(events []unix.EpollEvent) (int, error) {
+	if !l.raw {
+		return unix.EpollWait(l.epfd, events, -1)
+	}
+	n, _, e := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func (l *loop) read(fd int, p []byte) (int, error) {
+	if !l.raw {
+		return unix.Read(fd, p)
+	}
+	n, _, e := syscall.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func (l *loop) write(fd int, p []byte) (int, error) {
+	if !l.raw {
+		return unix.Write(fd, p)
+	}
+	n, _, e := syscall.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
 }

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// profileRun starts the silo phase (silo-proxy, PgBouncer and the
+// experimental relays in front of the running silo) and, for every middle
+// process, runs pgbench -S at 8 clients three times: under strace -c -f
+// (system calls per transaction, by call), under perf stat with software
+// events (CPU time, context switches and migrations per transaction), and
+// under perf record -g (where the CPU time goes). Everything goes to dir;
+// summary.txt holds the per-transaction table.
+func profileRun(o options, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b := &bench{o: o}
+	var err error
+	if b.bindir = o.bindir; b.bindir == "" {
+		if b.bindir, err = findBindir(); err != nil {
+			return err
+		}
+	}
+	if b.variants, err = parseRelayVariants(o.relays); err != nil {
+		return err
+	}
+	if b.o.proxyBin, err = filepath.Abs(o.proxyBin); err != nil {
+		return err
+	}
+	if b.work, err = os.MkdirTemp("", "silo-bench."); err != nil {
+		return err
+	}
+	os.Chmod(b.work, 0o755)
+	defer func() {
+		stopAll()
+		if !o.keep {
+			os.RemoveAll(b.work)
+		}
+	}()
+	b.state = filepath.Join(b.work, "state")
+	for _, p := range []*int{&b.proxyPort, &b.adminPort, &b.plainPort, &b.pgbPort} {
+		if *p, err = freePort(); err != nil {
+			return err
+		}
+	}
+	for range b.variants {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		b.relayPorts = append(b.relayPorts, port)
+	}
+	b.res = newResults(o, b)
+	if err := b.setup(); err != nil {
+		return err
+	}
+	if err := b.proxy.startSilo(benchSilo); err != nil {
+		return err
+	}
+	targets := []target{{Name: "proxy", Host: "127.0.0.1", Port: b.proxyPort, pid: b.proxy.pid}}
+	if o.pgbouncerBin != "" {
+		pb, err := startPgbouncer(o.pgbouncerBin, filepath.Join(b.work, "pgbouncer"), b.pgbPort, b.sf.runDir, 5432, b.sf, b.secret)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, target{Name: "pgbouncer", Host: "127.0.0.1", Port: b.pgbPort, pid: pb.pid})
+	}
+	for i, v := range b.variants {
+		conn := connString("127.0.0.1", b.relayPorts[i], benchSilo, b.sf.password)
+		rs, err := startRelay(o.relayBin, b.work, v, b.relayPorts[i], filepath.Join(b.sf.runDir, ".s.PGSQL.5432"), conn)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, target{Name: v.name, Host: "127.0.0.1", Port: b.relayPorts[i], pid: rs.pid})
+	}
+	b.warm(targets[0])
+	p := point{Mode: "simple", Clients: 8}
+	var summary strings.Builder
+	fmt.Fprintf(&summary, "pgbench -S -c 8, %s per measure; figures per transaction of the middle process\n\n", o.duration)
+	fmt.Fprintf(&summary, "%-16s %9s %9s %9s %9s %9s  %s\n", "target", "tps", "CPU µs", "ctx-sw", "migr", "syscalls", "syscalls per tx (strace -c -f; tps under strace)")
+	for _, t := range targets {
+		progress("profiling %s", t.Name)
+		b.warm(t)
+		st, err := straceCount(t, p, o.duration, b.sf.password, filepath.Join(dir, t.Name+"-strace.txt"))
+		if err != nil {
+			return err
+		}
+		ps, err := perfStat(t, p, o.duration, b.sf.password, filepath.Join(dir, t.Name+"-perfstat.txt"))
+		if err != nil {
+			return err
+		}
+		if err := perfRecord(t, p, o.duration, b.sf.password, filepath.Join(dir, t.Name+"-perf.txt")); err != nil {
+			return err
+		}
+		var calls []string
+		for _, c := range st.calls {
+			if c.perTx >= 0.05 {
+				calls = append(calls, fmt.Sprintf("%s %.2f", c.name, c.perTx))
+			}
+		}
+		fmt.Fprintf(&summary, "%-16s %9.0f %9.1f %9.2f %9.3f %9.2f  %s (%.0f tps)\n", t.Name, ps.tps, ps.cpuUS, ps.ctxSw, ps.migr,
+			st.total, strings.Join(calls, ", "), st.tps)
+	}
+	fmt.Print(summary.String())
+	return os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(summary.String()), 0o644)
+}
+
+type syscallCount struct {
+	name  string
+	perTx float64
+}
+
+type straceResult struct {
+	tps, total float64
+	calls      []syscallCount
+}
+
+var reStraceLine = regexp.MustCompile(`^\s*[0-9.]+\s+[0-9.]+\s+[0-9]+\s+([0-9]+)\s+(?:[0-9]+\s+)?(\w+)\s*$`)
+
+// straceCount counts the system calls of t's middle process, all threads,
+// during one pgbench run.
+func straceCount(t target, p point, d time.Duration, password, out string) (straceResult, error) {
+	var r straceResult
+	cmd := exec.Command("strace", "-c", "-f", "-p", strconv.Itoa(t.pid()), "-o", out)
+	if err := cmd.Start(); err != nil {
+		return r, fmt.Errorf("strace: %w", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	s := runPgbench(t, p, d, benchSilo, password)
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	if s.Failed != "" {
+		return r, fmt.Errorf("pgbench under strace: %s", s.Failed)
+	}
+	r.tps = s.TPS
+	text, err := os.ReadFile(out)
+	if err != nil {
+		return r, err
+	}
+	for _, line := range strings.Split(string(text), "\n") {
+		m := reStraceLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		n, _ := strconv.ParseFloat(m[1], 64)
+		if m[2] == "total" {
+			r.total = n / float64(s.Tx)
+			continue
+		}
+		r.calls = append(r.calls, syscallCount{name: m[2], perTx: n / float64(s.Tx)})
+	}
+	sort.Slice(r.calls, func(i, j int) bool { return r.calls[i].perTx > r.calls[j].perTx })
+	return r, nil
+}
+
+type perfStatResult struct {
+	tps, cpuUS, ctxSw, migr float64
+}
+
+// perfStat reads software counters of the middle process during one
+// pgbench run (hardware counters are not available on every machine).
+func perfStat(t target, p point, d time.Duration, password, out string) (perfStatResult, error) {
+	var r perfStatResult
+	cmd := exec.Command("perf", "stat", "-x", ",", "-e", "task-clock,context-switches,cpu-migrations",
+		"-p", strconv.Itoa(t.pid()), "-o", out)
+	if err := cmd.Start(); err != nil {
+		return r, fmt.Errorf("perf stat: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	s := runPgbench(t, p, d, benchSilo, password)
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	if s.Failed != "" {
+		return r, fmt.Errorf("pgbench under perf stat: %s", s.Failed)
+	}
+	r.tps = s.TPS
+	text, err := os.ReadFile(out)
+	if err != nil {
+		return r, err
+	}
+	// The counters include the moments before and after pgbench; those
+	// are idle, so dividing by the transactions is fair.
+	for _, line := range strings.Split(string(text), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(f[2], "task-clock"):
+			r.cpuUS = v * 1000 / float64(s.Tx) // msec
+		case strings.HasPrefix(f[2], "context-switches"):
+			r.ctxSw = v / float64(s.Tx)
+		case strings.HasPrefix(f[2], "cpu-migrations"):
+			r.migr = v / float64(s.Tx)
+		}
+	}
+	return r, nil
+}
+
+// perfRecord samples the middle process's stacks (cpu-clock, which works
+// without hardware counters) and writes perf report's flat and
+// caller-grouped views.
+func perfRecord(t target, p point, d time.Duration, password, out string) error {
+	data := out + ".data"
+	defer os.Remove(data)
+	cmd := exec.Command("perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p", strconv.Itoa(t.pid()), "-o", data)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("perf record: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	runPgbench(t, p, d, benchSilo, password)
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	flat, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("perf report: %v: %s %s", err, flat, stderr.String())
+	}
+	tree, _ := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--children", "--sort", "symbol", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "3").CombinedOutput()
+	return os.WriteFile(out, append(append(flat, "\n\n==== with children ====\n"...), tree...), 0o644)
+}
