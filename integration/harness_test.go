@@ -516,6 +516,30 @@ func (r *recorder) has(e string) bool {
 	return false
 }
 
+// copyTestBinary copies the running test binary into dir with mode 0755,
+// so that another uid may execute it (go test builds it in a 0700
+// directory).
+func copyTestBinary(t testing.TB, dir string) string {
+	t.Helper()
+	src, err := os.Open(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	p := filepath.Join(dir, "silo-it.test")
+	dst, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // ---- the silo-proxy binary -------------------------------------------
 
 var (
@@ -641,9 +665,19 @@ type serveReport struct {
 // whose proxy dies.
 func startServe(t testing.TB, cfgPath string) (*child, serveReport) {
 	t.Helper()
+	return startServeAs(t, cfgPath, os.Args[0], nil)
+}
+
+// startServeAs is startServe running binary (a copy of the test binary
+// that cred may execute) with the credentials cred, nil for the test's own.
+func startServeAs(t testing.TB, cfgPath, binary string, cred *syscall.Credential) (*child, serveReport) {
+	t.Helper()
 	c := &child{Out: &logBuffer{}}
-	c.Cmd = exec.Command(os.Args[0], "-test.run=^$")
+	c.Cmd = exec.Command(binary, "-test.run=^$")
 	c.Cmd.Env = append(os.Environ(), envServe+"="+cfgPath)
+	if cred != nil {
+		c.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	c.Cmd.Stderr = c.Out
 	stdout, err := c.Cmd.StdoutPipe()
 	if err != nil {

@@ -199,7 +199,9 @@ func (s idSetup) sysProcAttr(network config.Network) *syscall.SysProcAttr {
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: fslayout.PostgresUID, HostID: s.uid, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: fslayout.PostgresGID, HostID: s.gid, Size: 1}}
 		attr.Credential = &syscall.Credential{Uid: fslayout.PostgresUID, Gid: fslayout.PostgresGID, NoSetGroups: true}
-		attr.AmbientCaps = []uintptr{capSysAdmin}
+		// CAP_SYS_ADMIN builds the root; CAP_SETPCAP lets init empty its
+		// bounding set before the postmaster starts.
+		attr.AmbientCaps = []uintptr{capSysAdmin, capSetPCap}
 		return attr
 	}
 	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.rng.HostID), Size: int(s.rng.Size)}}

@@ -33,6 +33,7 @@ const (
 const (
 	capSetGID   = 6
 	capSetUID   = 7
+	capSetPCap  = 8
 	capSysAdmin = 21
 )
 
