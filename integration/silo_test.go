@@ -146,6 +146,10 @@ func TestExampleConfigSilos(t *testing.T) {
 			t.Errorf("silo %s: pg_hba.conf rules %q", c.silo, rules)
 		}
 	}
+	// The app silo's cgroup counts its postmaster and background workers.
+	if u, ok := m.Usage("app"); !ok || u.Pids < 5 || u.MemoryBytes == 0 {
+		t.Errorf("Usage(app) = %+v, %v; want the silo's processes and memory", u, ok)
+	}
 	if procUID(t, status(t, m, "default").Pid) == procUID(t, status(t, m, "app").Pid) {
 		t.Error("both postmasters run under the same host uid")
 	}

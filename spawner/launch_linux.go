@@ -157,6 +157,17 @@ func (l *hostLauncher) plan(spec fslayout.Spec) (fslayout.Plan, error) {
 	return p, nil
 }
 
+// forgetPlan drops spec's cached plan.
+func (l *hostLauncher) forgetPlan(spec fslayout.Spec) {
+	key, err := json.Marshal(spec)
+	if err != nil {
+		return
+	}
+	l.mu.Lock()
+	delete(l.plans, string(key))
+	l.mu.Unlock()
+}
+
 // idSetup is how a silo's user namespace maps ids.
 type idSetup struct {
 	rootless bool
@@ -314,6 +325,14 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 	if err != nil {
 		return nil, err
 	}
+	// A failed start may come from a plan the host has outgrown (a
+	// package upgrade moved a library): the next attempt computes it anew.
+	started := false
+	defer func() {
+		if !started {
+			l.forgetPlan(spec)
+		}
+	}()
 	if !ids.rootless {
 		if err := checkReachable(plan, ids.rng); err != nil {
 			return nil, err
@@ -358,6 +377,7 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 	}
 	phases.mark("databases")
 	log.Debug("silo start phases", phases.attrs()...)
+	started = true
 	// From here on the process owns the cgroup and removes it on exit.
 	p.mu.Lock()
 	p.cg = cg
