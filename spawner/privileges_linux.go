@@ -45,6 +45,14 @@ func (e *privilegeError) Unwrap() error { return e.Err }
 // non-zero uid, loses its permitted and effective sets on that uid change
 // and so ends with CapEff=CapPrm=CapInh=CapBnd=CapAmb=0.
 //
+// Dropping from the bounding set takes CAP_SETPCAP. A rootless silo-init
+// holds only the ambient capabilities it was given for its mounts; without
+// CAP_SETPCAP the bounding set stays full and the rest still applies. That
+// leaves nothing to gain: with no_new_privs exec adds no capability from
+// file capabilities or setuid bits, the inheritable and ambient sets are
+// empty, and the one other way to a capability, a new user namespace
+// (which resets the bounding set anyway), is closed by seccomp.
+//
 // Capabilities and no_new_privs are per thread: call this on the locked OS
 // thread that later starts the postmaster (installSeccomp's TSYNC then
 // extends no_new_privs to every thread).
@@ -55,11 +63,14 @@ func applyPrivileges(p privilegeSpec) error {
 		!errors.Is(err, unix.EINVAL) {
 		return &privilegeError{Step: "PR_CAP_AMBIENT_CLEAR_ALL", Err: err}
 	}
-	if err := privClearInheritable(); err != nil {
+	setpcap, err := privClearInheritable()
+	if err != nil {
 		return err
 	}
-	if err := privDropBounding(); err != nil {
-		return err
+	if setpcap {
+		if err := privDropBounding(); err != nil {
+			return err
+		}
 	}
 	if !p.CoreDumps {
 		if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
@@ -72,19 +83,24 @@ func applyPrivileges(p privilegeSpec) error {
 	return nil
 }
 
+// privCapSetPCap is CAP_SETPCAP from <linux/capability.h>.
+const privCapSetPCap = 8
+
 // privClearInheritable empties the calling thread's inheritable set and
-// leaves its effective and permitted sets as they are.
-func privClearInheritable() error {
+// leaves its effective and permitted sets as they are. It reports whether
+// CAP_SETPCAP is effective, which dropping from the bounding set needs.
+func privClearInheritable() (setpcap bool, err error) {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return &privilegeError{Step: "capget", Err: err}
+		return false, &privilegeError{Step: "capget", Err: err}
 	}
+	setpcap = data[0].Effective&(1<<privCapSetPCap) != 0
 	data[0].Inheritable, data[1].Inheritable = 0, 0
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		return &privilegeError{Step: "capset inheritable=0", Err: err}
+		return false, &privilegeError{Step: "capset inheritable=0", Err: err}
 	}
-	return nil
+	return setpcap, nil
 }
 
 // privDropBounding drops every capability the kernel knows from the calling
