@@ -5,7 +5,7 @@
 #
 # Environment:
 #   QUICK=1        one short round, few cold starts and idle connections (a smoke test)
-#   ROUNDS=3       interleaved rounds
+#   ROUNDS=4       interleaved rounds (even: each phase goes first equally often)
 #   DURATION=10    seconds of pgbench per point
 #   COLD=20        cold starts of each kind
 #   IDLE=5000      idle client connections for the RSS figure (0 skips)
@@ -58,7 +58,7 @@ PGBOUNCER=$(command -v pgbouncer 2>/dev/null || true)
 if [ "${QUICK:-}" = 1 ]; then
 	: "${ROUNDS:=1}" "${DURATION:=2}" "${COLD:=3}" "${IDLE:=200}" "${WARMUP:=1}"
 fi
-: "${ROUNDS:=3}" "${DURATION:=10}" "${COLD:=20}" "${IDLE:=5000}" "${WARMUP:=3}" "${OUT:=bench}"
+: "${ROUNDS:=4}" "${DURATION:=10}" "${COLD:=20}" "${IDLE:=5000}" "${WARMUP:=3}" "${OUT:=bench}"
 
 # Each idle session holds descriptors in the proxy and in the harness;
 # take the whole hard limit (raising it needs CAP_SYS_RESOURCE).

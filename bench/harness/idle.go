@@ -16,7 +16,7 @@ import (
 
 // idleOpenConcurrency is how many idle connections are being opened at
 // any moment: enough to keep both silos' postmasters forking, few enough
-// that no login runs into connect_timeout on two cores.
+// that no login runs into its timeout on two cores.
 const idleOpenConcurrency = 16
 
 // idleRSS measures silo-proxy's resident memory per idle client session.
@@ -25,7 +25,9 @@ const idleOpenConcurrency = 16
 // half to each silo, complete their startup and SCRAM authentication and
 // then sit idle. The figure is the growth of the proxy's VmRSS divided by
 // the number of connections. Each connection also holds a backend in its
-// silo; those are separate processes and not counted.
+// silo; those are separate processes and not counted. The experimental
+// relays, if any, are measured the same way with n/2 connections to the
+// bench silo.
 func (b *bench) idleRSS() error {
 	n := b.o.idle
 	perSilo := (n + 1) / 2
@@ -50,25 +52,65 @@ func (b *bench) idleRSS() error {
 	if err != nil {
 		return err
 	}
-	// One session through each silo first, so that code paths run once
-	// (and their pages are resident) before the baseline is taken.
-	for _, c := range []string{
-		connString("127.0.0.1", b.proxyPort, benchSilo, b.sf.password),
-		connString("127.0.0.1", b.proxyPort, idleSilo, idleFiles.password),
-	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := ping(ctx, c)
-		cancel()
-		if err != nil {
-			return err
+	benchConn := connString("127.0.0.1", b.proxyPort, benchSilo, b.sf.password)
+	idleConn := connString("127.0.0.1", b.proxyPort, idleSilo, idleFiles.password)
+	ir, err := measureIdle("silo-proxy", ps.proc, n, func(i int) string {
+		if i%2 == 1 {
+			return idleConn
 		}
-	}
-	time.Sleep(time.Second)
-	before, err := readProcStatus(ps.pid())
+		return benchConn
+	})
 	if err != nil {
 		return err
 	}
-	fdsBefore := countFDs(ps.pid())
+	ir.Silos = 2
+	if ir.Error != "" {
+		if l := grepLog(ps.log, "accept failed"); l != "" {
+			ir.Error += "; proxy log: " + l
+		}
+	}
+	b.res.Idle = ir
+
+	for i, v := range b.variants {
+		time.Sleep(2 * time.Second) // the previous sessions' backends exit
+		conn := connString("127.0.0.1", b.relayPorts[i], benchSilo, b.sf.password)
+		rs, err := startRelay(b.o.relayBin, b.work, v, b.relayPorts[i], filepath.Join(b.sf.runDir, ".s.PGSQL.5432"), conn)
+		if err != nil {
+			return err
+		}
+		rr, err := measureIdle(v.name, rs.proc, perSilo, func(int) string { return conn })
+		rs.stop()
+		if err != nil {
+			return err
+		}
+		rr.Silos = 1
+		if ir.Relays == nil {
+			ir.Relays = map[string]*idleResult{}
+		}
+		ir.Relays[v.name] = rr
+	}
+	return nil
+}
+
+// measureIdle opens n connections (conn(i) says where the i-th goes)
+// through the process p, keeps them idle while it reads p's memory and
+// descriptors, then closes them. When p refuses connections it stops
+// opening more and measures what is open.
+func measureIdle(name string, p *proc, n int, conn func(i int) string) (*idleResult, error) {
+	// One session first, so that code paths have run once (and their
+	// pages are resident) before the baseline is taken.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := ping(ctx, conn(0))
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	before, err := readProcStatus(p.pid())
+	if err != nil {
+		return nil, err
+	}
+	fdsBefore := countFDs(p.pid())
 
 	conns := make([]*pgconn.PgConn, n)
 	sem := make(chan struct{}, idleOpenConcurrency)
@@ -84,11 +126,7 @@ func (b *bench) idleRSS() error {
 		stop := firstErr != nil
 		mu.Unlock()
 		if stop {
-			break // the proxy refuses more: measure what is open
-		}
-		conn := connString("127.0.0.1", b.proxyPort, benchSilo, b.sf.password)
-		if i%2 == 1 {
-			conn = connString("127.0.0.1", b.proxyPort, idleSilo, idleFiles.password)
+			break // p refuses more: measure what is open
 		}
 		wg.Add(1)
 		sem <- struct{}{}
@@ -97,7 +135,7 @@ func (b *bench) idleRSS() error {
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			c, err := pgconn.Connect(ctx, conn)
+			c, err := pgconn.Connect(ctx, conn(i))
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -110,7 +148,7 @@ func (b *bench) idleRSS() error {
 			conns[i] = c
 		}()
 		if (i+1)%1000 == 0 {
-			progress("idle connections: %d opened", i+1)
+			progress("idle connections through %s: %d opened", name, i+1)
 		}
 	}
 	wg.Wait()
@@ -137,21 +175,21 @@ func (b *bench) idleRSS() error {
 		}
 	}
 	if open == 0 {
-		return firstErr
+		return nil, firstErr
 	}
 	if firstErr != nil {
-		progress("idle connections: only %d of %d opened (%d failed): %v", open, n, failed, firstErr)
+		progress("idle connections through %s: only %d of %d opened (%d failed): %v", name, open, n, failed, firstErr)
 	}
 	// Let the sessions settle (goroutines parked, buffers returned).
 	time.Sleep(3 * time.Second)
-	after, err := readProcStatus(ps.pid())
+	after, err := readProcStatus(p.pid())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	fdsAfter := countFDs(ps.pid())
+	fdsAfter := countFDs(p.pid())
 	ir := &idleResult{
-		Connections:   n,
-		Silos:         2,
+		Requested:     n,
+		Connections:   open,
 		OpenSeconds:   openTime.Seconds(),
 		RSSBeforeKiB:  before.VmRSS,
 		RSSAfterKiB:   after.VmRSS,
@@ -160,14 +198,17 @@ func (b *bench) idleRSS() error {
 		ThreadsAfter:  after.Threads,
 		FDsBefore:     fdsBefore,
 		FDsAfter:      fdsAfter,
-		PerConnBytes:  float64(after.VmRSS-before.VmRSS) * 1024 / float64(n),
-		PerConnAnonB:  float64(after.RssAnon-before.RssAnon) * 1024 / float64(n),
-		FDsPerConn:    float64(fdsAfter-fdsBefore) / float64(n),
+		PerConnBytes:  float64(after.VmRSS-before.VmRSS) * 1024 / float64(open),
+		PerConnAnonB:  float64(after.RssAnon-before.RssAnon) * 1024 / float64(open),
+		FDsPerConn:    float64(fdsAfter-fdsBefore) / float64(open),
+		FDLimit:       fdLimit(p.pid()),
 	}
-	b.res.Idle = ir
-	progress("idle connections: %d open in %.1f s; proxy VmRSS %d -> %d KiB: %.1f KiB per connection; %.1f fds per connection",
-		open, ir.OpenSeconds, before.VmRSS, after.VmRSS, ir.PerConnBytes/1024, ir.FDsPerConn)
-	return nil
+	if firstErr != nil {
+		ir.Error = firstErr.Error()
+	}
+	progress("idle connections through %s: %d open in %.1f s; VmRSS %d -> %d KiB: %.1f KiB per connection; %.1f fds per connection",
+		name, open, ir.OpenSeconds, before.VmRSS, after.VmRSS, ir.PerConnBytes/1024, ir.FDsPerConn)
+	return ir, nil
 }
 
 // fdLimit returns the soft RLIMIT_NOFILE of pid, -1 when unknown.
@@ -177,9 +218,8 @@ func fdLimit(pid int) int {
 		return -1
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "Max open files") {
-			f := strings.Fields(strings.TrimPrefix(l, "Max open files"))
-			if len(f) > 0 {
+		if rest, ok := strings.CutPrefix(l, "Max open files"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
 				if n, err := strconv.Atoi(f[0]); err == nil {
 					return n
 				}

@@ -63,7 +63,7 @@ func main() {
 	flag.StringVar(&o.relayBin, "relay", "", "bench/experiments/relay binary, for -relays")
 	flag.StringVar(&o.relays, "relays", "", "experimental relay variants to measure next to the proxy: MODE[/GOMAXPROCS],... with MODE splice, rw or epoll")
 	flag.StringVar(&o.bindir, "bindir", "", "PostgreSQL bindir (default: pg_config --bindir, else the newest /usr/lib/postgresql/*/bin)")
-	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds")
+	flag.IntVar(&o.rounds, "rounds", 4, "interleaved rounds")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "pgbench -T of each point (whole seconds)")
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "pgbench warm-up after each postmaster start")
 	flag.IntVar(&o.scale, "scale", 10, "pgbench scale")

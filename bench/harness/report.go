@@ -92,6 +92,8 @@ type idleResult struct {
 	PerConnBytes  float64 `json:"rss_per_conn_bytes"`
 	PerConnAnonB  float64 `json:"rss_anon_per_conn_bytes"`
 	FDsPerConn    float64 `json:"fds_per_conn"`
+	// Relays holds the same measure for the experimental relays.
+	Relays map[string]*idleResult `json:"relays,omitempty"`
 }
 
 // goal is one acceptance target of the performance issue and whether this
@@ -166,12 +168,27 @@ func machineInfo() map[string]string {
 			}
 		}
 	}
+	m["loadavg_start"] = loadavg()
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		if l, _, ok := strings.Cut(string(b), "\n"); ok {
 			m["memory"] = strings.Join(strings.Fields(strings.TrimPrefix(l, "MemTotal:")), " ")
 		}
 	}
 	return m
+}
+
+// loadavg is /proc/loadavg's 1, 5 and 15 minute averages: other work on
+// the machine during a run shows in them.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func (r *results) add(name string, p point, round int, s sample) {
@@ -340,6 +357,7 @@ func (r *results) write(outDir, work string) error {
 	for _, p := range allPoints(seen) {
 		pts = append(pts, p)
 	}
+	r.Machine["loadavg_end"] = loadavg()
 	sort.SliceStable(r.Order, func(i, j int) bool { return targetRank(r.Order[i]) < targetRank(r.Order[j]) })
 	r.finish(pts)
 	connClients := 0
@@ -436,6 +454,7 @@ func (r *results) table(w io.Writer) {
 	fmt.Fprintf(w, "silo-proxy benchmark, %s\n", r.Date)
 	fmt.Fprintf(w, "machine: %s CPUs (%s), %s, %s, %s\n", r.Machine["cpus"], r.Machine["cpu"], r.Machine["memory"], r.Machine["os"], r.Machine["kernel"])
 	fmt.Fprintf(w, "versions: %s; %s; %s; %s\n", r.Versions["postgres"], r.Versions["pgbouncer"], r.Versions["silo-proxy"], r.Versions["go"])
+	fmt.Fprintf(w, "load average at start %s, at end %s\n", r.Machine["loadavg_start"], r.Machine["loadavg_end"])
 	fmt.Fprintf(w, "method: %v rounds x %vs per point, pgbench -S scale %v, medians over rounds; see bench/README.md\n\n",
 		r.Settings["rounds"], r.Settings["duration_s"], r.Settings["scale"])
 
@@ -500,6 +519,16 @@ func (r *results) table(w io.Writer) {
 			i.Connections, i.Silos, i.RSSBeforeKiB, i.RSSAfterKiB, i.PerConnBytes/1024, i.PerConnAnonB/1024, i.FDsPerConn, i.FDLimit, i.ThreadsAfter)
 		if i.Connections < i.Requested {
 			fmt.Fprintf(w, "  only %d of the %d requested connections could be opened: %s\n", i.Connections, i.Requested, i.Error)
+		}
+		names := make([]string, 0, len(i.Relays))
+		for n := range i.Relays {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			ri := i.Relays[n]
+			fmt.Fprintf(w, "  %s: %d connections, VmRSS %d -> %d KiB = %.1f KiB per connection; %.1f fds per connection; %d threads\n",
+				n, ri.Connections, ri.RSSBeforeKiB, ri.RSSAfterKiB, ri.PerConnBytes/1024, ri.FDsPerConn, ri.ThreadsAfter)
 		}
 	}
 	if len(r.Targets) > 0 {
