@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -64,6 +65,11 @@ type hostLauncher struct {
 	stateDir string
 	lockFile *os.File
 
+	// forks carries cmd.Start calls to the forker thread; closing ends it.
+	forks     chan func()
+	closing   chan struct{}
+	closeOnce sync.Once
+
 	mu       sync.Mutex
 	installs map[string]fslayout.Install
 	plans    map[string]fslayout.Plan
@@ -97,7 +103,7 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 			log.Warn("removing leftover silo cgroups", "err", err.Error())
 		}
 	}
-	return &hostLauncher{
+	l := &hostLauncher{
 		exe:      exe,
 		mode:     mode,
 		ids:      &idAllocator{stateDir: cfg.StateDir, hostFiles: os.ReadFile, procRoot: "/proc"},
@@ -106,7 +112,49 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 		lockFile: lock,
 		installs: map[string]fslayout.Install{},
 		plans:    map[string]fslayout.Plan{},
-	}, nil
+		forks:    make(chan func()),
+		closing:  make(chan struct{}),
+	}
+	go l.forker()
+	return l, nil
+}
+
+// forker runs every fork of silo-init on one OS thread, locked for the
+// launcher's lifetime. Pdeathsig fires when the *thread* that forked the
+// child ends (go.dev/issue/27505): had silo-init been forked from an
+// ordinary goroutine's thread, and had some other goroutine later locked
+// that thread and exited, the kernel would have killed a healthy silo.
+// No other goroutine ever runs on this thread. It ends (and the kernel
+// kills whatever it forked that still runs) only when the launcher is
+// closed, after the Manager stopped every silo.
+func (l *hostLauncher) forker() {
+	runtime.LockOSThread()
+	for {
+		select {
+		case f := <-l.forks:
+			f()
+		case <-l.closing:
+			return
+		}
+	}
+}
+
+// errLauncherClosed: a start raced with the Manager's shutdown.
+var errLauncherClosed = errors.New("the spawner is shut down")
+
+// onForker runs f on the forker thread and waits for it.
+func (l *hostLauncher) onForker(f func()) error {
+	done := make(chan struct{})
+	select {
+	case l.forks <- func() {
+		defer close(done)
+		f()
+	}:
+	case <-l.closing:
+		return errLauncherClosed
+	}
+	<-done
+	return nil
 }
 
 // newLauncher returns the launcher of this platform.
@@ -115,9 +163,12 @@ func newLauncher(cfg *config.Config, exe string, log *slog.Logger) (launcher, er
 }
 
 func (l *hostLauncher) close() {
-	if l.lockFile != nil {
-		l.lockFile.Close()
-	}
+	l.closeOnce.Do(func() {
+		close(l.closing)
+		if l.lockFile != nil {
+			l.lockFile.Close()
+		}
+	})
 }
 
 func (l *hostLauncher) install(bindir string) (fslayout.Install, error) {
@@ -742,7 +793,9 @@ func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConf
 		Stderr:      logW,
 		SysProcAttr: ids.sysProcAttr(silo.Network),
 	}
-	err = cmd.Start()
+	if ferr := l.onForker(func() { err = cmd.Start() }); ferr != nil {
+		err = ferr
+	}
 	cfgR.Close()
 	repW.Close()
 	logW.Close()

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/silo-proxy/silo-proxy/fslayout"
 )
@@ -85,5 +88,29 @@ func TestCheckReachable(t *testing.T) {
 	var st syscall.Stat_t
 	if syscall.Stat(closed, &st) == nil && st.Uid != 0 {
 		t.Errorf("cleanup left %s owned by %d", closed, st.Uid)
+	}
+}
+
+func TestForkerRunsOnOneLockedThread(t *testing.T) {
+	t.Parallel()
+	l := &hostLauncher{forks: make(chan func()), closing: make(chan struct{})}
+	go l.forker()
+	var tids []int
+	for range 20 {
+		if err := l.onForker(func() { tids = append(tids, unix.Gettid()) }); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	for _, tid := range tids {
+		if tid != tids[0] {
+			t.Fatalf("forks ran on threads %v, want one thread", tids)
+		}
+	}
+	l.close()
+	l.close() // idempotent
+	ran := false
+	if err := l.onForker(func() { ran = true }); !errors.Is(err, errLauncherClosed) || ran {
+		t.Errorf("onForker after close = %v (ran %v), want errLauncherClosed", err, ran)
 	}
 }
