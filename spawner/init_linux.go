@@ -19,12 +19,19 @@ import (
 
 // InitMain is silo-init: PID 1 of a silo. It reads its config from the
 // pipe named by _SILO_INITPIPE, builds the silo's root from the mount plan
-// and pivots into it, sets the hostname, starts the configured commands
-// and the postmaster as the silo's postgres uid, and then stays PID 1:
-// it reaps zombies, forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to the
-// postmaster and exits with the postmaster's status. When the config pipe
-// reaches EOF (the proxy closed it or died) it exits at once, and the
-// kernel kills every process of the silo with it.
+// and pivots into it, and sets the hostname. To start the postmaster as
+// PID 2 it then re-executes itself once inside the new root (stage 2, see
+// execStage2), waits for the proxy's start byte, drops privileges,
+// installs the seccomp filter and starts the postmaster as the silo's
+// postgres uid. It stays PID 1: it reaps zombies, forwards SIGTERM,
+// SIGINT, SIGQUIT and SIGHUP to the postmaster and exits with the
+// postmaster's status. When the config pipe reaches EOF (the proxy closed
+// it or died) it exits at once, and the kernel kills every process of the
+// silo with it. For a bootstrap (commands, no postmaster) it runs the
+// commands in stage 1 and exits.
+//
+// Every failure is reported on the report pipe (_SILO_INITREPORT) with the
+// failing step, paths and errno before init exits non-zero.
 //
 // InitMain never returns. It must be called from an init function with the
 // OS thread locked (runtime.LockOSThread), so that the mount, capability
