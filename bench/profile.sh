@@ -7,7 +7,8 @@
 # Needs root, strace and perf (Debian: strace, linux-perf).
 #
 # Environment: DURATION=8 (seconds per measure), RELAYS=splice,rw,epoll,epollraw,
-# OUT=bench/profile, SILO_PROXY= (a silo-proxy binary instead of building one)
+# OUT=bench/profile, POINT=simple/8 (or e.g. connect/4: pgbench -S -C -c 4),
+# SILO_PROXY= (a silo-proxy binary instead of building one), PROXY_ENV= (as in run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -34,7 +35,8 @@ else
 	PROXY=bin/silo-proxy
 fi
 go build -o bin/silo-bench ./bench/harness
-args=(-proxy "$PROXY" -pgbouncer "$PGBOUNCER" -duration "${DURATION}s" -profile "$OUT")
+args=(-proxy "$PROXY" -pgbouncer "$PGBOUNCER" -duration "${DURATION}s" -profile "$OUT" -points "${POINT:-simple/8}")
+for e in ${PROXY_ENV:-}; do args+=(-proxy-env "$e"); done
 if [ -n "$RELAYS" ]; then
 	go build -o bin/silo-bench-relay ./bench/experiments/relay
 	args+=(-relay bin/silo-bench-relay -relays "$RELAYS")

@@ -15,6 +15,7 @@
 #   SKIP=          phases to skip: pgbench,cold,idle
 #   OUT=bench      where results.json, results.txt and results.png go
 #   SILO_PROXY=    use this silo-proxy binary instead of building bin/silo-proxy
+#   PROXY_ENV=     NAME=VALUE words added to silo-proxy's environment, e.g. "GOMAXPROCS=1"
 #   KEEP=1         keep the work directory (logs, configs, data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +81,7 @@ if [ -n "${RELAYS:-}" ]; then
 	args+=(-relay bin/silo-bench-relay -relays "$RELAYS")
 fi
 [ -n "${POINTS:-}" ] && args+=(-points "$POINTS")
+for e in ${PROXY_ENV:-}; do args+=(-proxy-env "$e"); done
 [ -n "${SKIP:-}" ] && args+=(-skip "$SKIP")
 [ "${KEEP:-}" = 1 ] && args+=(-keep)
 exec bin/silo-bench "${args[@]}"

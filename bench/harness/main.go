@@ -54,7 +54,14 @@ type options struct {
 	skip         string
 	report       string
 	profile      string
+	proxyEnv     multiFlag
 }
+
+// multiFlag is a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
 	var o options
@@ -77,6 +84,7 @@ func main() {
 	flag.StringVar(&o.workdir, "workdir", "", "work directory (default: a new /tmp/silo-bench.*)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.StringVar(&o.skip, "skip", "", "phases to skip: any of pgbench,cold,idle")
+	flag.Var(&o.proxyEnv, "proxy-env", "NAME=VALUE added to silo-proxy's environment, e.g. GOMAXPROCS=1 (repeatable)")
 	flag.StringVar(&o.report, "report", "", "print the table of this results.json and render its chart next to it, then exit")
 	flag.StringVar(&o.profile, "profile", "", "instead of the benchmark, profile the middle processes at pgbench -S -c 8 and write the results to this directory")
 	flag.Parse()

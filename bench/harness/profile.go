@@ -17,7 +17,8 @@ import (
 
 // profileRun starts the silo phase (silo-proxy, PgBouncer and the
 // experimental relays in front of the running silo) and, for every middle
-// process, runs pgbench -S at 8 clients three times: under strace -c -f
+// process, runs pgbench -S at 8 clients (or the first of -points) three
+// times: under strace -c -f
 // (system calls per transaction, by call), under perf stat with software
 // events (CPU time, context switches and migrations per transaction), and
 // under perf record -g (where the CPU time goes). Everything goes to dir;
@@ -87,8 +88,16 @@ func profileRun(o options, dir string) error {
 	}
 	b.warm(targets[0])
 	p := point{Mode: "simple", Clients: 8}
+	if o.points != "" {
+		pts, err := o.pointList()
+		if err != nil {
+			return err
+		}
+		p = pts[0]
+	}
 	var summary strings.Builder
-	fmt.Fprintf(&summary, "pgbench -S -c 8, %s per measure; figures per transaction of the middle process\n\n", o.duration)
+	fmt.Fprintf(&summary, "pgbench -S %s, %s per measure; figures per transaction of the middle process\n", p.label(), o.duration)
+	fmt.Fprintf(&summary, "%s, load average at start %s\n\n", time.Now().UTC().Format(time.RFC3339), loadavg())
 	fmt.Fprintf(&summary, "%-16s %9s %9s %9s %9s %9s  %s\n", "target", "tps", "CPU µs", "ctx-sw", "migr", "syscalls", "syscalls per tx (strace -c -f; tps under strace)")
 	for _, t := range targets {
 		progress("profiling %s", t.Name)

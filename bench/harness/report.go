@@ -117,7 +117,7 @@ func newResults(o options, b *bench) *results {
 			"rounds": o.rounds, "duration_s": int(o.duration.Round(time.Second) / time.Second),
 			"warmup_s": o.warmup.Seconds(), "scale": o.scale, "cold_starts": o.cold,
 			"idle_connections": o.idle, "shared_buffers": pgSettings(benchMaxConnections)["shared_buffers"],
-			"max_connections": benchMaxConnections, "relays": o.relays,
+			"max_connections": benchMaxConnections, "relays": o.relays, "proxy_env": strings.Join(o.proxyEnv, " "),
 		},
 		Method: []string{
 			"one data directory, bootstrapped by silo-proxy for silo bench; pgbench -i at the given scale",

@@ -139,7 +139,7 @@ func (b *bench) setup() error {
 		return err
 	}
 	progress("starting silo-proxy and bootstrapping silo %s", benchSilo)
-	if b.proxy, err = startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy.log"), b.proxyPort, b.adminPort); err != nil {
+	if b.proxy, err = startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy.log"), b.proxyPort, b.adminPort, b.o.proxyEnv); err != nil {
 		return err
 	}
 	if err := b.proxy.startSilo(benchSilo); err != nil {

@@ -168,8 +168,8 @@ func writeProxyConfig(path string, port, adminPort int, bindir, stateDir, rootsD
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
-func startProxy(bin, config, logPath string, port, adminPort int) (*proxyServer, error) {
-	p, err := start(procSpec{name: "silo-proxy", argv: []string{bin, "run", "--config", config, "--shutdown-grace", "5s"}, log: logPath})
+func startProxy(bin, config, logPath string, port, adminPort int, env []string) (*proxyServer, error) {
+	p, err := start(procSpec{name: "silo-proxy", argv: []string{bin, "run", "--config", config, "--shutdown-grace", "5s"}, env: env, log: logPath})
 	if err != nil {
 		return nil, err
 	}
