@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -82,6 +83,7 @@ func (b *bench) coldStarts() error {
 	if cr.Plain.P50MS > 0 {
 		cr.RatioP50 = cr.Proxy.P50MS / cr.Plain.P50MS
 	}
+	cr.PhasesP50MS = startPhases(b.proxy.log, benchSilo)
 	b.res.ColdStart = cr
 	return nil
 }
@@ -113,3 +115,37 @@ func (b *bench) siloStartMetric() (sum, count float64, err error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// startPhases reads the spawner's "silo start phases" debug lines for silo
+// from a proxy log and returns the median of every phase, in milliseconds.
+// Any key=value whose value is a duration counts as a phase, so the
+// breakdown follows the spawner's own as it changes.
+func startPhases(logPath, silo string) map[string]float64 {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return nil
+	}
+	samples := map[string][]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, `msg="silo start phases"`) || !strings.Contains(line, " silo="+silo+" ") && !strings.HasSuffix(line, " silo="+silo) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok || k == "time" {
+				continue
+			}
+			if d, err := time.ParseDuration(v); err == nil {
+				samples[k] = append(samples[k], ms(d))
+			}
+		}
+	}
+	if len(samples) == 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for k, v := range samples {
+		out[k] = median(v)
+	}
+	return out
+}

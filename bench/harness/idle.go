@@ -38,7 +38,7 @@ func (b *bench) idleRSS() error {
 		return err
 	}
 	progress("idle connections: starting silo-proxy with silos %s and %s", benchSilo, idleSilo)
-	ps, err := startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy-idle.log"), b.proxyPort, b.adminPort, b.o.proxyEnv)
+	ps, err := startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy-idle.log"), b.proxyPort, b.adminPort, b.o.proxyEnv, false)
 	if err != nil {
 		return err
 	}

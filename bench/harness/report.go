@@ -70,6 +70,9 @@ type coldResult struct {
 	// SiloStartMeanMS is the spawner's own start duration (launch until
 	// the postmaster accepts), mean over the proxy's cold starts.
 	SiloStartMeanMS float64 `json:"silo_start_mean_ms,omitempty"`
+	// PhasesP50MS is the median of each phase of the spawner's start
+	// breakdown (its "silo start phases" debug log line).
+	PhasesP50MS map[string]float64 `json:"start_phases_p50_ms,omitempty"`
 }
 
 type idleResult struct {
@@ -513,6 +516,18 @@ func (r *results) table(w io.Writer) {
 			fmt.Fprintf(w, " (spawner's silo start: mean %.1f ms)", c.SiloStartMeanMS)
 		}
 		fmt.Fprintln(w)
+		if len(c.PhasesP50MS) > 0 {
+			keys := make([]string, 0, len(c.PhasesP50MS))
+			for k := range c.PhasesP50MS {
+				keys = append(keys, k)
+			}
+			sort.Slice(keys, func(i, j int) bool { return c.PhasesP50MS[keys[i]] > c.PhasesP50MS[keys[j]] })
+			var parts []string
+			for _, k := range keys {
+				parts = append(parts, fmt.Sprintf("%s %.1f", k, c.PhasesP50MS[k]))
+			}
+			fmt.Fprintf(w, "  silo start phases, p50 ms (spawner's breakdown): %s\n", strings.Join(parts, ", "))
+		}
 	}
 	if i := r.Idle; i != nil {
 		fmt.Fprintf(w, "idle connections: %d over %d silos; proxy VmRSS %d -> %d KiB = %.1f KiB per connection (anonymous %.1f KiB); %.1f fds per connection (limit %d); %d threads\n",

@@ -115,6 +115,13 @@ func run(o options) error {
 		}
 	}
 	if !o.skips("cold") && o.cold > 0 {
+		// Restart the proxy logging at debug level, for the spawner's
+		// breakdown of every silo start.
+		b.proxy.stop(syscall.SIGTERM, 120*time.Second)
+		if b.proxy, err = startProxy(o.proxyBin, b.proxy.config, filepath.Join(b.work, "proxy-cold.log"),
+			b.proxyPort, b.adminPort, o.proxyEnv, true); err != nil {
+			return err
+		}
 		if err := b.coldStarts(); err != nil {
 			return fmt.Errorf("cold starts: %w", err)
 		}
@@ -139,7 +146,7 @@ func (b *bench) setup() error {
 		return err
 	}
 	progress("starting silo-proxy and bootstrapping silo %s", benchSilo)
-	if b.proxy, err = startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy.log"), b.proxyPort, b.adminPort, b.o.proxyEnv); err != nil {
+	if b.proxy, err = startProxy(b.o.proxyBin, cfg, filepath.Join(b.work, "proxy.log"), b.proxyPort, b.adminPort, b.o.proxyEnv, false); err != nil {
 		return err
 	}
 	if err := b.proxy.startSilo(benchSilo); err != nil {

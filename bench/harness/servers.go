@@ -168,8 +168,15 @@ func writeProxyConfig(path string, port, adminPort int, bindir, stateDir, rootsD
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
-func startProxy(bin, config, logPath string, port, adminPort int, env []string) (*proxyServer, error) {
-	p, err := start(procSpec{name: "silo-proxy", argv: []string{bin, "run", "--config", config, "--shutdown-grace", "5s"}, env: env, log: logPath})
+// startProxy runs `silo-proxy run`. With debug, it logs at debug level,
+// which adds the spawner's "silo start phases" lines (and a line per
+// session, so it is not used while pgbench runs).
+func startProxy(bin, config, logPath string, port, adminPort int, env []string, debug bool) (*proxyServer, error) {
+	argv := []string{bin, "run", "--config", config, "--shutdown-grace", "5s"}
+	if debug {
+		argv = append(argv, "--log-level", "debug")
+	}
+	p, err := start(procSpec{name: "silo-proxy", argv: argv, env: env, log: logPath})
 	if err != nil {
 		return nil, err
 	}
