@@ -75,6 +75,11 @@ type silo struct {
 	log     *slog.Logger
 	state   State
 	changed chan struct{} // closed and replaced at every state change
+	// stops counts the silo's arrivals in stopped. A caller waiting for
+	// the stop it asked for waits for this to move, not for the state to
+	// read stopped: a waiting client may start the silo again before the
+	// caller gets the lock, and the state would never read stopped for it.
+	stops int
 
 	clients   int
 	proc      siloProc
@@ -191,12 +196,25 @@ func (m *Manager) unlock() {
 	}
 }
 
+// flushEvents returns once the Observer has received every event recorded
+// before the caller last released mu: whoever recorded them took
+// dispatchMu before releasing mu, and holds it until they are delivered.
+// Calls that wait for a state flush before they return, so that a caller
+// reading metrics after Start, Stop or a cold Acquire sees that change.
+func (m *Manager) flushEvents() {
+	m.dispatchMu.Lock()
+	m.dispatchMu.Unlock()
+}
+
 func (m *Manager) setState(s *silo, to State) {
 	if s.state == to {
 		return
 	}
 	from := s.state
 	s.state = to
+	if to == StateStopped {
+		s.stops++
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	m.events = append(m.events, event{kind: evState, silo: s.name, from: from, to: to})
@@ -260,11 +278,21 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			lease := &Lease{Silo: name, SocketPath: m.socketPath(name), ColdStart: cold}
 			lease.release = func() { m.release(s) }
 			m.unlock()
+			if cold {
+				m.flushEvents()
+			}
 			return lease, nil
 		case StateDraining:
 			m.unlock()
 			return nil, fmt.Errorf("silo %s: %w", name, ErrDraining)
 		case StateStopped:
+			if attempted {
+				// The start this client waited for was cancelled by a
+				// stop (POST /silos/…/stop, a reload removing the silo):
+				// starting it again would override the operator.
+				m.unlock()
+				return nil, fmt.Errorf("silo %s: %w: stopped while starting", name, ErrUnavailable)
+			}
 			m.startLocked(s, StartCold)
 			cold, attempted = true, true
 		case StateFailed:
@@ -283,7 +311,11 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 				m.unlock()
 				return nil, err
 			}
-		case StateStarting, StateStopping:
+		case StateStarting:
+			// Someone else's start counts as this client's attempt: if it
+			// fails or is stopped, the client gets the error.
+			attempted = true
+		case StateStopping:
 			// wait
 		}
 		if s.state != StateRunning {
@@ -618,6 +650,7 @@ func (m *Manager) waitState(ctx context.Context, s *silo, pred func(*silo) bool)
 	for {
 		if pred(s) || m.silos[s.name] != s {
 			m.unlock()
+			m.flushEvents()
 			return nil
 		}
 		ch := s.changed
@@ -718,17 +751,41 @@ func (m *Manager) Stop(ctx context.Context, name string, mode StopMode) error {
 	}
 	s.reload = false
 	s.afterStop = nil
-	m.stopLocked(s, mode, nil, false)
+	req := m.requestStopLocked(s, mode)
 	m.unlock()
-	return m.waitStopped(ctx, []*silo{s})
+	return m.waitStopped(ctx, []stopRequest{req})
 }
 
-// waitStopped waits for the silos to reach stopped; past ctx it escalates.
-func (m *Manager) waitStopped(ctx context.Context, silos []*silo) error {
-	stopped := func(s *silo) bool { return s.state == StateStopped && s.afterStop == nil }
+// stopRequest is a stop some caller waits for: it is over once the silo
+// has arrived in stopped more often than the stops recorded when the stop
+// was asked for (or at once, for a silo that was already stopped).
+type stopRequest struct {
+	s     *silo
+	stops int
+}
+
+func (r stopRequest) done() bool {
+	return r.s.stops != r.stops
+}
+
+// requestStopLocked begins stopping s in mode, without a start afterwards,
+// and returns what to wait for.
+func (m *Manager) requestStopLocked(s *silo, mode StopMode) stopRequest {
+	req := stopRequest{s: s, stops: s.stops}
+	if s.state == StateStopped && s.afterStop == nil {
+		req.stops-- // nothing to wait for
+	}
+	m.stopLocked(s, mode, nil, false)
+	return req
+}
+
+// waitStopped waits for the requested stops; past ctx it escalates them to
+// immediate, then SIGKILL. A silo that a client starts again after its
+// stop does not hold the wait up: the stop asked for happened.
+func (m *Manager) waitStopped(ctx context.Context, reqs []stopRequest) error {
 	var ctxErr error
-	for _, s := range silos {
-		if err := m.waitState(ctx, s, stopped); err != nil {
+	for _, r := range reqs {
+		if err := m.waitState(ctx, r.s, func(*silo) bool { return r.done() }); err != nil {
 			ctxErr = err
 			break
 		}
@@ -738,8 +795,9 @@ func (m *Manager) waitStopped(ctx context.Context, silos []*silo) error {
 	}
 	// Out of time: immediate shutdown, then SIGKILL.
 	m.mu.Lock()
-	for _, s := range silos {
-		if m.silos[s.name] == s && s.state != StateStopped {
+	for _, r := range reqs {
+		s := r.s
+		if m.silos[s.name] == s && !r.done() {
 			m.stopLocked(s, StopImmediate, nil, false)
 			if s.proc != nil {
 				go m.killLater(s, s.proc, killAfter)
@@ -749,12 +807,12 @@ func (m *Manager) waitStopped(ctx context.Context, silos []*silo) error {
 	m.unlock()
 	hard, cancel := context.WithTimeout(context.Background(), immediateGrace+killAfter+killGrace)
 	defer cancel()
-	for _, s := range silos {
-		if err := m.waitState(hard, s, func(s *silo) bool { return s.state == StateStopped }); err != nil {
-			return fmt.Errorf("silo %s did not stop even after SIGKILL: %w", s.name, err)
+	for _, r := range reqs {
+		if err := m.waitState(hard, r.s, func(*silo) bool { return r.done() }); err != nil {
+			return fmt.Errorf("silo %s did not stop even after SIGKILL: %w", r.s.name, err)
 		}
 	}
-	return fmt.Errorf("stopping %d silo(s) took too long, stopped immediately: %w", len(silos), ctxErr)
+	return fmt.Errorf("stopping %d silo(s) took too long, stopped immediately: %w", len(reqs), ctxErr)
 }
 
 // Statuses returns a snapshot of every silo, in config order, then the
@@ -916,13 +974,12 @@ func (m *Manager) ensureInBackground(s *silo, proc siloProc, dbs []string) {
 func (m *Manager) Shutdown(ctx context.Context, mode StopMode) error {
 	m.mu.Lock()
 	m.closed = true
-	var all []*silo
+	var all []stopRequest
 	for _, n := range m.order {
 		s := m.silos[n]
 		s.afterStop = nil
 		s.reload = false
-		m.stopLocked(s, mode, nil, false)
-		all = append(all, s)
+		all = append(all, m.requestStopLocked(s, mode))
 	}
 	m.unlock()
 	err := m.waitStopped(ctx, all)

@@ -593,13 +593,69 @@ func TestStopDuringStartCancelsIt(t *testing.T) {
 	l := newFakeLauncher()
 	l.gate = make(chan struct{}) // never opened: the launch only ends by cancellation
 	m, _ := newTestManager(t, testConfig(t, testSilo("s")), l)
-	go m.Acquire(context.Background(), "s")
+	acquired := make(chan error, 1)
+	go func() {
+		lease, err := m.Acquire(context.Background(), "s")
+		if lease != nil {
+			lease.Release()
+		}
+		acquired <- err
+	}()
 	waitFor(t, "starting", func() bool { return stateOf(m, "s") == StateStarting })
 	if err := m.Stop(context.Background(), "s", StopFast); err != nil {
 		t.Fatalf("Stop during start: %v", err)
 	}
+	// The client that was waiting for the start gets an error; it does
+	// not start the silo again behind the operator's back.
+	if err := <-acquired; !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Acquire waiting for the cancelled start = %v, want ErrUnavailable", err)
+	}
 	if got := stateOf(m, "s"); got != StateStopped {
 		t.Errorf("state %s, want stopped", got)
+	}
+	if n := l.count("s"); n != 1 {
+		t.Errorf("%d launches, want 1: the stopped silo was started again", n)
+	}
+}
+
+// TestStopWaitsForItsOwnStop: a stop is over once the silo has stopped,
+// even if a new client starts it again before the stopping caller looks.
+// Waiting for the state to read stopped would then wait for ever.
+func TestStopWaitsForItsOwnStop(t *testing.T) {
+	t.Parallel()
+	l := newFakeLauncher()
+	l.gate = make(chan struct{}) // launches end only by cancellation
+	m, _ := newTestManager(t, testConfig(t, testSilo("s")), l)
+	acquireInBackground := func() chan error {
+		ch := make(chan error, 1)
+		go func() {
+			lease, err := m.Acquire(context.Background(), "s")
+			if lease != nil {
+				lease.Release()
+			}
+			ch <- err
+		}()
+		return ch
+	}
+	first := acquireInBackground()
+	waitFor(t, "first start", func() bool { return stateOf(m, "s") == StateStarting })
+	m.mu.Lock()
+	req := m.requestStopLocked(m.silos["s"], StopFast)
+	m.unlock()
+	if err := <-first; !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Acquire during the stopped start = %v, want ErrUnavailable", err)
+	}
+	waitFor(t, "stopped", func() bool { return stateOf(m, "s") == StateStopped })
+	acquireInBackground() // a new client: a second start, never finishing
+	waitFor(t, "second start", func() bool { return stateOf(m, "s") == StateStarting && l.count("s") == 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.waitStopped(ctx, []stopRequest{req}); err != nil {
+		t.Fatalf("waiting for a stop that happened: %v", err)
+	}
+	if got := stateOf(m, "s"); got != StateStarting {
+		t.Errorf("state %s: waiting for the old stop disturbed the new start", got)
 	}
 }
 
