@@ -370,6 +370,10 @@ func TestEscape(t *testing.T) {
 		}
 		host, err := exec.Command("sh", "-c", probe("127.0.0.1", port)).CombinedOutput()
 		escapeControl(t, "the TCP probe connects from the host", err == nil && strings.Contains(string(host), "connected"), string(host))
+		// Control: the silo's own loopback is up and works, so what
+		// keeps the host's 127.0.0.1 out is the network namespace.
+		own, _ := run(t, connA, selfLoopbackProbe)
+		escapeControl(t, "a's own 127.0.0.1 accepts a's connection", strings.Contains(own, "got ping"), own)
 		out, _ := run(t, connA, probe("127.0.0.1", port)+"; "+probe("127.0.0.1", 6432))
 		rep.add(t, fmt.Sprintf("TCP to the host's 127.0.0.1:%d and :6432", port), "no connection", out, !strings.Contains(out, "connected"))
 		out, _ = run(t, connA, probe("192.0.2.1", 5432)+"; cat /proc/net/route")

@@ -78,6 +78,16 @@ silos:
 	if pidNS(t, st.Pid) == pidNS(t, os.Getpid()) {
 		t.Error("the rootless postmaster shares the host's pid namespace")
 	}
+	// network: none is a network namespace of the silo's own whose lo is
+	// up: the kernel adds 127.0.0.1 to lo's local routes when it goes up.
+	netNS, _ := os.Readlink("/proc/" + strconv.Itoa(st.Pid) + "/ns/net")
+	hostNetNS, _ := os.Readlink("/proc/self/ns/net")
+	if netNS == "" || netNS == hostNetNS {
+		t.Errorf("the rootless postmaster's network namespace %q is the host's %q", netNS, hostNetNS)
+	}
+	if trie, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/net/fib_trie"); err != nil || !strings.Contains(string(trie), "127.0.0.1") {
+		t.Errorf("lo of the rootless silo is not up (no 127.0.0.1 in its fib_trie): %v\n%s", err, trie)
+	}
 	owner, _, _ := fileOwner(t, cfg.Paths("solo").Data)
 	if owner != rootlessUID {
 		t.Errorf("data directory owned by %d, want %d", owner, rootlessUID)

@@ -362,7 +362,26 @@ func TestStandardSiloIsolation(t *testing.T) {
 			t.Errorf("interfaces %q, want only lo", ifaces)
 		}
 	})
+	t.Run("lo is up", func(t *testing.T) {
+		// A backend's own loopback works: listen on 127.0.0.1 and
+		// connect to that listener from the same program. (That the
+		// host's loopback stays out of reach is the escape suite's.)
+		out := sh(selfLoopbackProbe)
+		if !exitOK(out) || !slices.Contains(out, "got ping") {
+			t.Errorf("connecting to the silo's own 127.0.0.1: %q", out)
+		}
+	})
 }
+
+// selfLoopbackProbe is a shell command for COPY FROM PROGRAM: perl (part of
+// Debian's essential perl-base) listens on 127.0.0.1, connects to itself
+// and prints "got ping" when a line made it through.
+const selfLoopbackProbe = `perl -MIO::Socket::INET -e '
+my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, Proto => "tcp") or die "listen: $@\n";
+my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => $l->sockport, Proto => "tcp") or die "connect: $@\n";
+my $s = $l->accept or die "accept: $!\n";
+print $c "ping\n"; close $c;
+print "got ", scalar <$s>;'`
 
 // TestMinimalSilo runs a minimal-layout silo through a database's life:
 // tables, a checkpoint, restarts; it has no shell.

@@ -94,6 +94,11 @@ func runInit(rep *reporter) int {
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return rep.fail("sethostname", &fslayout.MountError{Op: "sethostname", Target: cfg.Hostname, Err: err})
 	}
+	if cfg.Loopback {
+		if err := loopbackUp(); err != nil {
+			return rep.fail("loopback", err)
+		}
+	}
 	if cfg.Postmaster != nil {
 		// Stage 2 takes over with the same pipes; exec only returns on
 		// failure.

@@ -115,6 +115,9 @@ type initConfig struct {
 	// of a non-root uid, which it must clear before starting commands.
 	Rootless bool               `json:"rootless,omitempty"`
 	Seccomp  config.SeccompMode `json:"seccomp,omitempty"`
+	// Loopback says init runs in a network namespace of its own
+	// (network: none), whose lo it brings up.
+	Loopback bool `json:"loopback,omitempty"`
 	// Commands run to completion, in order (the bootstrap's initdb).
 	Commands []initCommand `json:"commands,omitempty"`
 	// Postmaster, when set, is started after Commands and supervised:

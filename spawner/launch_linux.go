@@ -262,8 +262,12 @@ func (s idSetup) sysProcAttr(network config.Network) *syscall.SysProcAttr {
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: fslayout.PostgresGID, HostID: s.gid, Size: 1}}
 		attr.Credential = &syscall.Credential{Uid: fslayout.PostgresUID, Gid: fslayout.PostgresGID, NoSetGroups: true}
 		// CAP_SYS_ADMIN builds the root; CAP_SETPCAP lets init empty its
-		// bounding set before the postmaster starts.
+		// bounding set before the postmaster starts; CAP_NET_ADMIN brings
+		// up lo in the silo's own network namespace.
 		attr.AmbientCaps = []uintptr{capSysAdmin, capSetPCap}
+		if network != config.NetworkHost {
+			attr.AmbientCaps = append(attr.AmbientCaps, capNetAdmin)
+		}
 		return attr
 	}
 	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(s.rng.HostID), Size: int(s.rng.Size)}}
@@ -464,6 +468,7 @@ func (l *hostLauncher) initConfig(silo config.Silo, paths config.SiloPaths, plan
 		SetGroups: !ids.rootless,
 		Rootless:  ids.rootless,
 		Seccomp:   silo.Seccomp,
+		Loopback:  silo.Network != config.NetworkHost,
 	}
 }
 

@@ -28,12 +28,13 @@ const (
 	ModeUnavailable Mode = "unavailable"
 )
 
-// capSetUID, capSetGID and capSysAdmin are capability numbers from
-// <linux/capability.h>.
+// capSetUID, capSetGID, capSetPCap, capNetAdmin and capSysAdmin are
+// capability numbers from <linux/capability.h>.
 const (
 	capSetGID   = 6
 	capSetUID   = 7
 	capSetPCap  = 8
+	capNetAdmin = 12
 	capSysAdmin = 21
 )
 
