@@ -139,12 +139,36 @@ func newEnv(t testing.TB) *testEnv {
 		Log:      &logBuffer{},
 	}
 	t.Cleanup(func() {
+		// Registered first, so it runs after every proxy and Manager of
+		// the test has been stopped or killed.
+		e.sweepCgroups()
 		if t.Failed() || os.Getenv("SILO_IT_VERBOSE") != "" {
 			t.Logf("spawner log:\n%s", e.Log.String())
 		}
 		os.RemoveAll(dir)
 	})
 	return e
+}
+
+// sweepCgroups removes the cgroups of the test's proxy instance (its
+// state_dir) that a killed proxy left, and fails the test if any remain: a
+// test run must leave no cgroup directory behind. A silo of a proxy that
+// was just killed may take a moment to leave its cgroup, and the proxy to
+// release the state_dir lock, so it tries again for a while.
+func (e *testEnv) sweepCgroups() {
+	e.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		remaining, err := spawner.SweepCgroups(e.StateDir, e.Logger())
+		if err == nil && len(remaining) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Errorf("cgroups of the test's proxy remain: %q (%v)", remaining, err)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Logger returns a logger writing into the test's log buffer, printed

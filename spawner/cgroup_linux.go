@@ -359,17 +359,19 @@ func (h *cgroupHost) layoutLocked() (cgroupLayout, error) {
 	return h.layout, nil
 }
 
-// sweepCgroups removes the silo cgroups an earlier run of this proxy
-// instance left behind: a proxy that was killed could not remove them, and
-// a silo dropped from the config meanwhile would never be created (and so
-// removed) again. Only empty directories below silo-proxy-<hash of
-// instance> go, never one this process is using; a cgroup that still holds
-// tasks is reported and kept. The spawner calls it when it starts.
-func sweepCgroups(instance string, log *slog.Logger) error {
+// sweepCgroups removes the silo cgroups of the proxy instance whose
+// state_dir is instance that no silo of this process uses: at start, those
+// an earlier run left (a proxy that was killed could not remove them, and a
+// silo dropped from the config meanwhile would never be created, and so
+// removed, again); at shutdown, the silo-proxy-<hash> directories, once
+// every silo's own cgroup is gone. Only empty directories go; a cgroup that
+// still holds tasks is reported and kept. It returns the directories of the
+// instance that remain.
+func sweepCgroups(instance string, log *slog.Logger) ([]string, error) {
 	return cgroupHostState.sweep(instance, log)
 }
 
-func (h *cgroupHost) sweep(instance string, log *slog.Logger) error {
+func (h *cgroupHost) sweep(instance string, log *slog.Logger) (remaining []string, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -377,7 +379,7 @@ func (h *cgroupHost) sweep(instance string, log *slog.Logger) error {
 	defer h.mu.Unlock()
 	layout, err := h.layoutLocked()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	base := cgroupInstanceDir(instance)
 	owns := []string{}
@@ -389,6 +391,7 @@ func (h *cgroupHost) sweep(instance string, log *slog.Logger) error {
 			owns = append(owns, dir)
 		}
 	}
+	slices.Sort(owns)
 	var errs []error
 	for _, own := range owns {
 		baseDir := filepath.Join(own, base)
@@ -398,28 +401,37 @@ func (h *cgroupHost) sweep(instance string, log *slog.Logger) error {
 		}
 		if err != nil {
 			errs = append(errs, &cgroupError{Op: "read", Path: baseDir, Err: err})
+			remaining = append(remaining, baseDir)
 			continue
 		}
 		for _, name := range names {
 			leaf := filepath.Join(baseDir, name)
 			if h.live[leaf] {
+				remaining = append(remaining, leaf)
 				continue
 			}
 			switch err := h.fs.rmdir(leaf); {
 			case err == nil:
-				log.Info("removed a silo cgroup left by an earlier run", "cgroup", leaf)
+				log.Info("removed a silo cgroup no silo uses", "cgroup", leaf)
+			case errors.Is(err, fs.ErrNotExist):
 			case errors.Is(err, unix.EBUSY):
-				log.Warn("a silo cgroup left by an earlier run still has tasks; leaving it", "cgroup", leaf)
-			case !errors.Is(err, fs.ErrNotExist):
+				log.Warn("a silo cgroup no silo of this proxy uses still has tasks; leaving it", "cgroup", leaf)
+				remaining = append(remaining, leaf)
+			default:
 				errs = append(errs, &cgroupError{Op: "rmdir", Path: leaf, Err: err})
+				remaining = append(remaining, leaf)
 			}
 		}
-		if err := h.fs.rmdir(baseDir); err != nil && !errors.Is(err, fs.ErrNotExist) &&
-			!errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+		switch err := h.fs.rmdir(baseDir); {
+		case err == nil, errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, unix.EBUSY), errors.Is(err, unix.ENOTEMPTY):
+			remaining = append(remaining, baseDir)
+		default:
 			errs = append(errs, &cgroupError{Op: "rmdir", Path: baseDir, Err: err})
+			remaining = append(remaining, baseDir)
 		}
 	}
-	return errors.Join(errs...)
+	return remaining, errors.Join(errs...)
 }
 
 // destroyLocked removes what create made, with h.mu already held and

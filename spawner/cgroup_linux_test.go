@@ -513,8 +513,15 @@ func TestCgroupSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.sweep(instance, log); err != nil {
+	remaining, err := h.sweep(instance, log)
+	if err != nil {
 		t.Fatal(err)
+	}
+	slices.Sort(remaining)
+	wantLeft := []string{"/cg/" + base, "/cg/" + base + "/busy", "/cg/" + base + "/running",
+		"/v1/cpu/" + base, "/v1/cpu/" + base + "/running"}
+	if !slices.Equal(remaining, wantLeft) {
+		t.Errorf("sweep reports %q remaining, want %q", remaining, wantLeft)
 	}
 	for dir, want := range map[string]bool{
 		"/cg/" + base + "/gone":     false,
@@ -539,11 +546,12 @@ func TestCgroupSweep(t *testing.T) {
 	f.mu.Lock()
 	f.dirs["/cg/"+base+"/busy"].procs = nil
 	f.mu.Unlock()
-	if err := h.sweep(instance, log); err != nil {
+	remaining, err = h.sweep(instance, log)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if f.exists("/cg/"+base) || f.exists("/v1/cpu/"+base) {
-		t.Error("the instance directories survived an empty sweep")
+	if f.exists("/cg/"+base) || f.exists("/v1/cpu/"+base) || len(remaining) != 0 {
+		t.Errorf("the instance directories survived an empty sweep (reported remaining: %q)", remaining)
 	}
 }
 

@@ -85,21 +85,14 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("state_dir: %w", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	lock, err := lockStateDir(cfg.StateDir)
 	if err != nil {
-		return nil, fmt.Errorf("state_dir lock: %w", err)
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("state_dir %s is in use by another silo-proxy (lock %s held)", cfg.StateDir, lock.Name())
-		}
-		return nil, fmt.Errorf("state_dir lock: %w", err)
+		return nil, err
 	}
 	log.Info("silo isolation mode", "mode", string(mode), "why", why)
 	if mode == ModePrivileged {
 		// Cgroups a killed predecessor on this state_dir left behind.
-		if err := sweepCgroups(cfg.StateDir, log); err != nil {
+		if _, err := sweepCgroups(cfg.StateDir, log); err != nil {
 			log.Warn("removing leftover silo cgroups", "err", err.Error())
 		}
 	}
@@ -117,6 +110,47 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 	}
 	go l.forker()
 	return l, nil
+}
+
+// lockStateDir takes the exclusive lock of <stateDir>/lock, which exists
+// for as long as a proxy runs on stateDir: two proxies would hand out the
+// same id ranges and race on data directories and cgroups.
+func lockStateDir(stateDir string) (*os.File, error) {
+	lock, err := os.OpenFile(filepath.Join(stateDir, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state_dir lock: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s (lock %s held): %w", stateDir, lock.Name(), ErrStateDirInUse)
+		}
+		return nil, fmt.Errorf("state_dir lock: %w", err)
+	}
+	return lock, nil
+}
+
+// SweepCgroups removes the cgroups a silo-proxy on stateDir left behind,
+// as that proxy does itself when it starts and when it shuts down: every
+// empty silo cgroup below its silo-proxy-<hash> directories, then those
+// directories, in every hierarchy. A cgroup that still holds tasks is never
+// removed. It returns the instance's directories that remain.
+//
+// It is for tools and tests that clean up after a proxy that was killed:
+// it takes the state_dir lock, and fails with ErrStateDirInUse while a
+// proxy runs on stateDir (whose cgroups are not its to touch). A stateDir
+// that does not exist has no proxy and no lock; its cgroups are swept all
+// the same.
+func SweepCgroups(stateDir string, log *slog.Logger) (remaining []string, err error) {
+	lock, err := lockStateDir(stateDir)
+	switch {
+	case err == nil:
+		defer lock.Close()
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return nil, err
+	}
+	return sweepCgroups(stateDir, log)
 }
 
 // forker runs every fork of silo-init on one OS thread, locked for the
@@ -162,9 +196,19 @@ func newLauncher(cfg *config.Config, exe string, log *slog.Logger) (launcher, er
 	return newHostLauncher(cfg, exe, log)
 }
 
+// close ends the forker thread and, once the Manager has stopped every
+// silo, removes the instance's silo-proxy-<hash> cgroup directories (with
+// any silo cgroup left empty), then releases the state_dir lock.
 func (l *hostLauncher) close() {
 	l.closeOnce.Do(func() {
 		close(l.closing)
+		if l.mode == ModePrivileged {
+			if remaining, err := sweepCgroups(l.stateDir, l.log); err != nil {
+				l.log.Warn("removing the proxy's cgroups", "err", err.Error())
+			} else if len(remaining) > 0 {
+				l.log.Warn("cgroups left in place: they still hold tasks", "cgroups", remaining)
+			}
+		}
 		if l.lockFile != nil {
 			l.lockFile.Close()
 		}

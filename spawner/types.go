@@ -100,6 +100,8 @@ var (
 	ErrUnavailable = errors.New("silo unavailable")
 	// ErrDraining: the silo takes no new clients.
 	ErrDraining = errors.New("silo is draining")
+	// ErrStateDirInUse: another silo-proxy holds the state_dir's lock.
+	ErrStateDirInUse = errors.New("state_dir is in use by another silo-proxy")
 )
 
 // Lease is one client's claim on a running silo. The silo is not stopped for
