@@ -178,3 +178,80 @@ func TestProxyReload(t *testing.T) {
 		return scrape(t, pc.Admin, `silo_proxy_config_reloads_total{result="success"}`) > successes
 	})
 }
+
+// TestProxyReloadKeepsRestartOnlySettings: a reload that changes
+// state_dir, base_root_dir and postgres.bindir succeeds for everything
+// else (a silo added by the same edit serves at once), keeps those three
+// at their running values and warns that they apply after a restart.
+func TestProxyReloadKeepsRestartOnlySettings(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pwFile, pw := writePassword(t, e)
+	silos := fmt.Sprintf("defaults:\n  superuser_password_file: %s\nsilos:\n  - name: app\n    databases: [app]\n", pwFile)
+	pc := e.WriteConfig(silos)
+	proc := startProxy(t, pc)
+	host, port, _ := net.SplitHostPort(pc.Listen)
+	query := func(db string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, fslayout.PostgresUser, pw, db))
+		if err != nil {
+			t.Fatalf("connecting to %s: %v", db, err)
+		}
+		defer c.Close(context.Background())
+		var got string
+		if err := c.QueryRow(ctx, "SELECT current_database()").Scan(&got); err != nil {
+			t.Fatalf("query on %s: %v", db, err)
+		}
+		return got
+	}
+	if got := query("app"); got != "app" {
+		t.Fatalf("app: %q", got)
+	}
+
+	// Another state_dir, base_root_dir and bindir (a symlink to the same
+	// installation, so that the file validates), and a new silo.
+	newState, newRoots := filepath.Join(e.Dir, "state2"), filepath.Join(e.Dir, "roots2")
+	binLink := filepath.Join(e.Dir, "pgbin")
+	if err := os.Symlink(e.Install.BinDir, binLink); err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.ReadFile(pc.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.NewReplacer(
+		"state_dir: "+e.StateDir, "state_dir: "+newState,
+		"base_root_dir: "+e.RootsDir, "base_root_dir: "+newRoots,
+		"bindir: "+e.Install.BinDir, "bindir: "+binLink,
+	).Replace(string(body)) + "  - name: extra\n    databases: [extra]\n"
+	successes := scrape(t, pc.Admin, `silo_proxy_config_reloads_total{result="success"}`)
+	replaceFile(t, pc.Path, edited)
+	eventually(t, 10*time.Second, "the reload counted as a success", func() bool {
+		return scrape(t, pc.Admin, `silo_proxy_config_reloads_total{result="success"}`) > successes
+	})
+	if got := query("extra"); got != "extra" {
+		t.Fatalf("extra: %q", got)
+	}
+	if got := query("app"); got != "app" {
+		t.Fatalf("app after the reload: %q", got)
+	}
+	logs := proc.Logs()
+	for _, want := range []string{"apply only after a restart", "state_dir", "base_root_dir", "postgres.bindir"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the proxy log lacks %q:\n%s", want, logs)
+		}
+	}
+	// Everything of the new silo lives under the running directories.
+	if _, err := os.Stat(filepath.Join(e.StateDir, "silos", "extra", "data", "PG_VERSION")); err != nil {
+		t.Errorf("the added silo's data directory is not under the running state_dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.RootsDir, "extra")); err != nil {
+		t.Errorf("the added silo's root is not under the running base_root_dir: %v", err)
+	}
+	for _, d := range []string{newState, newRoots} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s was created (%v): the reload applied a restart-only setting", d, err)
+		}
+	}
+}

@@ -367,6 +367,9 @@ func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc,
 	if cfg.StateDir != l.stateDir {
 		return nil, fmt.Errorf("BUG: state_dir changed from %s to %s", l.stateDir, cfg.StateDir)
 	}
+	if err := checkMountsOutside(l.stateDir, []config.Silo{silo}); err != nil {
+		return nil, err
+	}
 	inst, err := l.install(cfg.Postgres.BinDir)
 	if err != nil {
 		return nil, err

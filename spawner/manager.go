@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -861,10 +862,15 @@ func (m *Manager) Usage(name string) (Usage, bool) {
 // Reconfigure applies a new, validated config. Added silos are available
 // at once. Removed silos take no new clients; those with clients drain and
 // stop (smart) when their last lease is released. A silo whose sandbox
-// changed (config.Silo.SandboxChanged, or a new postgres bindir or
-// base_root_dir) restarts, with reason reload, when it next has no
-// clients. New databases of a running silo are created at once. The
-// state_dir cannot change while silos run.
+// changed (config.Silo.SandboxChanged) restarts, with reason reload, when
+// it next has no clients. New databases of a running silo are created at
+// once.
+//
+// state_dir, base_root_dir and postgres.bindir keep their running values
+// (see pinRestartOnly); a change of them is logged and applies after a
+// restart of the proxy. The reload is refused when a silo would then bind
+// a source inside the running state_dir, which the new file's validation,
+// made against its own state_dir, could not catch.
 func (m *Manager) Reconfigure(cfg *config.Config) error {
 	if cfg == nil {
 		return errors.New("spawner: nil config")
@@ -875,10 +881,14 @@ func (m *Manager) Reconfigure(cfg *config.Config) error {
 		return errors.New("spawner: the manager is shut down")
 	}
 	old := m.cfg
-	if filepath.Clean(cfg.StateDir) != filepath.Clean(old.StateDir) {
-		return fmt.Errorf("state_dir cannot change on reload (%s -> %s); restart silo-proxy", old.StateDir, cfg.StateDir)
+	cfg, changed := pinRestartOnly(old, cfg)
+	if err := checkMountsOutside(cfg.StateDir, cfg.Silos); err != nil {
+		return err
 	}
-	global := cfg.Postgres.BinDir != old.Postgres.BinDir || cfg.BaseRootDir != old.BaseRootDir
+	if len(changed) > 0 {
+		m.log.Warn("settings changed that apply only after a restart of silo-proxy; the running values stay",
+			changed...)
+	}
 	m.cfg = cfg
 	keep := map[string]bool{}
 	var order []string
@@ -900,7 +910,7 @@ func (m *Manager) Reconfigure(cfg *config.Config) error {
 				m.setState(s, StateRunning)
 			}
 		}
-		if global || prev.SandboxChanged(&sc) {
+		if prev.SandboxChanged(&sc) {
 			switch s.state {
 			case StateRunning, StateDraining, StateStarting:
 				s.reload = true
@@ -953,6 +963,73 @@ func (m *Manager) Reconfigure(cfg *config.Config) error {
 		}
 	}
 	m.order = order
+	return nil
+}
+
+// pinRestartOnly returns next with the settings a running proxy cannot
+// change taken from running, and log attributes naming each one the file
+// changed (key, then "running -> file"):
+//
+//   - state_dir: the proxy holds its lock, and every silo's data, socket
+//     directory, id block and cgroups belong to it;
+//   - base_root_dir: the roots of running silos are mounted below it;
+//   - postgres.bindir: a different installation may be another major
+//     version, which cannot open the existing data directories; restarting
+//     the silos one by one on it would take every silo down.
+//
+// Like listen and admin addresses, they apply when the proxy restarts.
+// next itself is not modified.
+func pinRestartOnly(running, next *config.Config) (*config.Config, []any) {
+	pinned := *next
+	var changed []any
+	for _, f := range []struct {
+		key       string
+		run, file *string
+		clean     bool
+	}{
+		{"state_dir", &running.StateDir, &pinned.StateDir, true},
+		{"base_root_dir", &running.BaseRootDir, &pinned.BaseRootDir, true},
+		{"postgres.bindir", &running.Postgres.BinDir, &pinned.Postgres.BinDir, false},
+	} {
+		same := *f.run == *f.file
+		if f.clean {
+			same = filepath.Clean(*f.run) == filepath.Clean(*f.file)
+		}
+		if !same {
+			changed = append(changed, f.key, *f.run+" -> "+*f.file)
+		}
+		*f.file = *f.run
+	}
+	return &pinned, changed
+}
+
+// MountInStateDirError: a silo's mount exposes the state_dir, which holds
+// every silo's data directory, socket directory and password file.
+type MountInStateDirError struct {
+	Silo     string
+	Mount    config.Mount
+	StateDir string
+}
+
+func (e *MountInStateDirError) Error() string {
+	return fmt.Sprintf("silo %s: mount %s -> %s (%s) overlaps the running state_dir %s, which holds every silo's data and socket directories",
+		e.Silo, e.Mount.Source, e.Mount.Target, e.Mount.Origin, e.StateDir)
+}
+
+// checkMountsOutside refuses silos whose mounts' sources lie inside
+// stateDir or contain it. Config validation checks the same against the
+// file's own state_dir; this holds against the state_dir actually in use,
+// at reload (where the two may differ) and again at every start.
+func checkMountsOutside(stateDir string, silos []config.Silo) error {
+	sd := filepath.Clean(stateDir)
+	for _, s := range silos {
+		for _, mt := range s.Mounts {
+			src := filepath.Clean(mt.Source)
+			if src == sd || strings.HasPrefix(sd, strings.TrimSuffix(src, "/")+"/") || strings.HasPrefix(src, sd+"/") {
+				return &MountInStateDirError{Silo: s.Name, Mount: mt, StateDir: stateDir}
+			}
+		}
+	}
 	return nil
 }
 

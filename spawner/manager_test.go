@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -543,11 +545,121 @@ func TestReconfigureRestartsChangedSiloWhenIdle(t *testing.T) {
 		t.Error("the unchanged silo was touched")
 	}
 	otherLease.Release()
-	bad := next
-	bad.StateDir = t.TempDir()
-	if err := m.Reconfigure(&bad); err == nil {
-		t.Error("Reconfigure accepted a new state_dir")
+}
+
+// TestReconfigureKeepsRestartOnlySettings: a reload that changes
+// state_dir, base_root_dir or postgres.bindir applies everything else and
+// keeps those three at their running values, with a warning; running
+// silos are not restarted for them.
+func TestReconfigureKeepsRestartOnlySettings(t *testing.T) {
+	t.Parallel()
+	l := newFakeLauncher()
+	cfg := testConfig(t, testSilo("app"))
+	var logs logBuf
+	m, err := New(cfg, Options{launcher: l, StopGrace: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { m.Shutdown(context.Background(), StopImmediate) })
+	lease := acquire(t, m, "app")
+
+	next := *cfg
+	next.StateDir = t.TempDir()
+	next.BaseRootDir = "/run/elsewhere"
+	next.Postgres.BinDir = "/usr/lib/postgresql/99/bin"
+	next.Silos = []config.Silo{testSilo("app"), testSilo("added")}
+	if err := m.Reconfigure(&next); err != nil {
+		t.Fatalf("Reconfigure: %v", err)
+	}
+	if next.StateDir == cfg.StateDir {
+		t.Fatal("Reconfigure modified the caller's config")
+	}
+	for _, key := range []string{"state_dir", "base_root_dir", "postgres.bindir", "after a restart"} {
+		if !strings.Contains(logs.String(), key) {
+			t.Errorf("the reload warning does not mention %q:\n%s", key, logs.String())
+		}
+	}
+	// The added silo runs, on the running state_dir and installation.
+	added := acquire(t, m, "added")
+	if want := cfg.Paths("added").Run + "/.s.PGSQL.5432"; added.SocketPath != want {
+		t.Errorf("added silo's socket %s, want %s (the running state_dir)", added.SocketPath, want)
+	}
+	l.mu.Lock()
+	req := l.reqs[len(l.reqs)-1]
+	l.mu.Unlock()
+	if req.Silo.Name != "added" || req.Config.StateDir != cfg.StateDir ||
+		req.Config.BaseRootDir != cfg.BaseRootDir || req.Config.Postgres.BinDir != cfg.Postgres.BinDir {
+		t.Errorf("launch of %s with state_dir %s, base_root_dir %s, bindir %s; want the running %s, %s, %s",
+			req.Silo.Name, req.Config.StateDir, req.Config.BaseRootDir, req.Config.Postgres.BinDir,
+			cfg.StateDir, cfg.BaseRootDir, cfg.Postgres.BinDir)
+	}
+	// The running silo is not restarted for settings it does not get.
+	lease.Release()
+	added.Release()
+	time.Sleep(20 * time.Millisecond)
+	if n := l.count("app"); n != 1 || stateOf(m, "app") != StateRunning {
+		t.Errorf("app: %d launches, state %s; want 1, running", n, stateOf(m, "app"))
+	}
+
+	// A mount the new file's validation allowed (its own state_dir is
+	// elsewhere) but that lies inside the running state_dir is refused.
+	leak := next
+	leak.Silos = []config.Silo{testSilo("app", func(s *config.Silo) {
+		s.Mounts = []config.Mount{{Source: filepath.Join(cfg.StateDir, "silos"), Target: "/peek", Mode: config.MountRO, Origin: "config.yaml:9"}}
+	}), testSilo("added")}
+	err = m.Reconfigure(&leak)
+	var mis *MountInStateDirError
+	if !errors.As(err, &mis) || mis.Silo != "app" {
+		t.Errorf("Reconfigure with a mount inside the running state_dir = %v, want a MountInStateDirError for app", err)
+	}
+	if got := m.Statuses(); len(got) != 2 {
+		t.Errorf("the refused reload changed the silos: %+v", got)
+	}
+}
+
+func TestCheckMountsOutside(t *testing.T) {
+	t.Parallel()
+	const sd = "/var/lib/silo-proxy"
+	for _, tc := range []struct {
+		src string
+		bad bool
+	}{
+		{"/var/lib/silo-proxy", true},
+		{"/var/lib/silo-proxy/", true},
+		{"/var/lib/silo-proxy/silos/b/data", true},
+		{"/var/lib", true},
+		{"/", true},
+		{"/var/lib/silo-proxy-import", false},
+		{"/srv/import", false},
+		{"/var/lib/silo", false},
+	} {
+		silos := []config.Silo{testSilo("s", func(s *config.Silo) {
+			s.Mounts = []config.Mount{{Source: tc.src, Target: "/x", Mode: config.MountRO}}
+		})}
+		err := checkMountsOutside(sd, silos)
+		if (err != nil) != tc.bad {
+			t.Errorf("mount of %s: %v, want refused=%v", tc.src, err, tc.bad)
+		}
+	}
+}
+
+// logBuf is a goroutine-safe log sink.
+type logBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestStopModesAndEscalation(t *testing.T) {
