@@ -16,6 +16,7 @@
 #   OUT=bench      where results.json, results.txt and results.png go
 #   SILO_PROXY=    use this silo-proxy binary instead of building bin/silo-proxy
 #   PROXY_ENV=     NAME=VALUE words added to silo-proxy's environment, e.g. "GOMAXPROCS=1"
+#   SILO_CPU_SHARES=  experiment: cpu.shares for the running silo's cgroup (see bench/README.md)
 #   KEEP=1         keep the work directory (logs, configs, data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,6 +83,7 @@ if [ -n "${RELAYS:-}" ]; then
 fi
 [ -n "${POINTS:-}" ] && args+=(-points "$POINTS")
 for e in ${PROXY_ENV:-}; do args+=(-proxy-env "$e"); done
+[ -n "${SILO_CPU_SHARES:-}" ] && args+=(-silo-cpu-shares "$SILO_CPU_SHARES")
 [ -n "${SKIP:-}" ] && args+=(-skip "$SKIP")
 [ "${KEEP:-}" = 1 ] && args+=(-keep)
 exec bin/silo-bench "${args[@]}"

@@ -55,6 +55,7 @@ type options struct {
 	report       string
 	profile      string
 	proxyEnv     multiFlag
+	cpuShares    int
 }
 
 // multiFlag is a repeatable string flag.
@@ -85,6 +86,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.StringVar(&o.skip, "skip", "", "phases to skip: any of pgbench,cold,idle")
 	flag.Var(&o.proxyEnv, "proxy-env", "NAME=VALUE added to silo-proxy's environment, e.g. GOMAXPROCS=1 (repeatable)")
+	flag.IntVar(&o.cpuShares, "silo-cpu-shares", 0, "experiment: after each silo start, give the silo's cpu cgroup (and the silo-proxy cgroup above it) this cgroup v1 cpu.shares (v2: the matching cpu.weight); 0 leaves the spawner's")
 	flag.StringVar(&o.report, "report", "", "print the table of this results.json and render its chart next to it, then exit")
 	flag.StringVar(&o.profile, "profile", "", "instead of the benchmark, profile the middle processes at pgbench -S -c 8 and write the results to this directory")
 	flag.Parse()

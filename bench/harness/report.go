@@ -121,6 +121,7 @@ func newResults(o options, b *bench) *results {
 			"warmup_s": o.warmup.Seconds(), "scale": o.scale, "cold_starts": o.cold,
 			"idle_connections": o.idle, "shared_buffers": pgSettings(benchMaxConnections)["shared_buffers"],
 			"max_connections": benchMaxConnections, "relays": o.relays, "proxy_env": strings.Join(o.proxyEnv, " "),
+			"silo_cpu_shares": o.cpuShares,
 		},
 		Method: []string{
 			"one data directory, bootstrapped by silo-proxy for silo bench; pgbench -i at the given scale",

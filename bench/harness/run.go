@@ -198,6 +198,11 @@ func (b *bench) phase(ph string, r int) error {
 		if err := b.proxy.startSilo(benchSilo); err != nil {
 			return err
 		}
+		if b.o.cpuShares > 0 {
+			if err := b.setSiloCPUWeight(b.o.cpuShares); err != nil {
+				return fmt.Errorf("-silo-cpu-shares: %w", err)
+			}
+		}
 		// Deferred calls run last-in first-out: PgBouncer and the relays
 		// go first, so the smart stop finds no sessions left.
 		defer func() {
