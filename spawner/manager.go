@@ -200,8 +200,9 @@ func (m *Manager) unlock() {
 // flushEvents returns once the Observer has received every event recorded
 // before the caller last released mu: whoever recorded them took
 // dispatchMu before releasing mu, and holds it until they are delivered.
-// Calls that wait for a state flush before they return, so that a caller
-// reading metrics after Start, Stop or a cold Acquire sees that change.
+// Calls that wait for a state, and Statuses, flush before they return, so
+// that a caller reading metrics after Start, Stop, a cold Acquire or a
+// status snapshot sees the changes they saw.
 func (m *Manager) flushEvents() {
 	m.dispatchMu.Lock()
 	m.dispatchMu.Unlock()
@@ -251,48 +252,57 @@ func unavailable(s *silo, why string) error {
 // a start or a supervisor restart in progress. max_clients is enforced
 // here, atomically with the count.
 func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
+	lease, waited, err := m.acquire(ctx, name)
+	if waited {
+		m.flushEvents()
+	}
+	return lease, err
+}
+
+// acquire is Acquire; waited says whether it saw the silo other than
+// running, so that Acquire returns only after the Observer has seen the
+// start (or failure) it waited for. A warm Acquire, the proxy's hot path,
+// skips that.
+func (m *Manager) acquire(ctx context.Context, name string) (*Lease, bool, error) {
 	m.mu.Lock()
 	s, err := m.lookup(name)
 	if err != nil {
 		m.mu.Unlock()
-		return nil, err
+		return nil, false, err
 	}
 	deadline := time.Now().Add(startTimeout(s.conf))
 	cold, attempted := false, false
 	for {
 		if m.closed {
 			m.unlock()
-			return nil, fmt.Errorf("silo %s: %w: the proxy is shutting down", name, ErrUnavailable)
+			return nil, cold, fmt.Errorf("silo %s: %w: the proxy is shutting down", name, ErrUnavailable)
 		}
 		if s.removed {
 			m.unlock()
-			return nil, fmt.Errorf("silo %s: %w", name, ErrDraining)
+			return nil, cold, fmt.Errorf("silo %s: %w", name, ErrDraining)
 		}
 		switch s.state {
 		case StateRunning:
 			if max := s.conf.MaxClients; max > 0 && s.clients >= max {
 				m.unlock()
-				return nil, fmt.Errorf("silo %s has %d clients: %w", name, s.clients, ErrTooManyClients)
+				return nil, cold, fmt.Errorf("silo %s has %d clients: %w", name, s.clients, ErrTooManyClients)
 			}
 			s.clients++
 			m.stopIdleTimer(s)
 			lease := &Lease{Silo: name, SocketPath: m.socketPath(name), ColdStart: cold}
 			lease.release = func() { m.release(s) }
 			m.unlock()
-			if cold {
-				m.flushEvents()
-			}
-			return lease, nil
+			return lease, cold, nil
 		case StateDraining:
 			m.unlock()
-			return nil, fmt.Errorf("silo %s: %w", name, ErrDraining)
+			return nil, cold, fmt.Errorf("silo %s: %w", name, ErrDraining)
 		case StateStopped:
 			if attempted {
 				// The start this client waited for was cancelled by a
 				// stop (POST /silos/…/stop, a reload removing the silo):
 				// starting it again would override the operator.
 				m.unlock()
-				return nil, fmt.Errorf("silo %s: %w: stopped while starting", name, ErrUnavailable)
+				return nil, cold, fmt.Errorf("silo %s: %w: stopped while starting", name, ErrUnavailable)
 			}
 			m.startLocked(s, StartCold)
 			cold, attempted = true, true
@@ -303,14 +313,14 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			case attempted:
 				err := unavailable(s, "failed to start")
 				m.unlock()
-				return nil, err
+				return nil, cold, err
 			case !time.Now().Before(s.retryAt):
 				m.startLocked(s, StartCold)
 				cold, attempted = true, true
 			default:
 				err := unavailable(s, fmt.Sprintf("failed; next start attempt in %s", time.Until(s.retryAt).Round(time.Millisecond)))
 				m.unlock()
-				return nil, err
+				return nil, cold, err
 			}
 		case StateStarting:
 			// Someone else's start counts as this client's attempt: if it
@@ -329,7 +339,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 			m.mu.Lock()
 			err := unavailable(s, fmt.Sprintf("did not become ready within %s (state %s)", startTimeout(s.conf), s.state))
 			m.unlock()
-			return nil, err
+			return nil, cold, err
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -338,7 +348,7 @@ func (m *Manager) Acquire(ctx context.Context, name string) (*Lease, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("silo %s: %w: %w", name, ErrUnavailable, ctx.Err())
+			return nil, cold, fmt.Errorf("silo %s: %w: %w", name, ErrUnavailable, ctx.Err())
 		}
 		m.mu.Lock()
 	}
@@ -820,6 +830,7 @@ func (m *Manager) waitStopped(ctx context.Context, reqs []stopRequest) error {
 // removed silos that are still draining.
 func (m *Manager) Statuses() []Status {
 	m.mu.Lock()
+	defer m.flushEvents() // the Observer has seen every change the snapshot shows
 	defer m.mu.Unlock()
 	out := make([]Status, 0, len(m.order))
 	for _, n := range m.order {
