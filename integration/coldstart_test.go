@@ -5,11 +5,14 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,29 +23,59 @@ import (
 	"github.com/silo-proxy/silo-proxy/spawner"
 )
 
-// coldStartRounds is how many starts of each kind TestColdStartTimes times.
+// coldStartRounds is how many starts of each kind TestColdStartTimes times
+// by default; SILO_COLDSTART_ROUNDS overrides it (use 50 or more for a
+// p99 that is not just the maximum).
 const coldStartRounds = 10
 
 // TestColdStartTimes measures a silo's cold start (a stopped silo with an
-// existing data directory, from Acquire until the lease: namespaces, root,
-// postmaster, socket accepting a startup packet, databases checked) next
-// to a plain postmaster start of the same data directory outside any
-// sandbox (from exec until its socket answers a startup packet with an
-// authentication request), interleaved in one run. It logs the numbers;
-// timings on a shared machine are never asserted.
+// existing data directory, from Acquire until the lease: the postmaster
+// started, its socket accepting a startup packet, databases checked) in
+// two forms, a parked silo (the default: its sandbox built ahead, see
+// docs/silos.md) and one with parking off (namespaces, root, cgroup and
+// privileges built on the start's path), next to a plain postmaster start
+// of the parked silo's data directory outside any sandbox (from exec until
+// its socket answers a startup packet with an authentication request),
+// interleaved in one run. Each start begins once the background work of
+// the previous ones (parking) is over. It logs the numbers; timings on a
+// shared machine are never asserted.
 func TestColdStartTimes(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
 		t.Skip("timing run skipped in -short mode")
 	}
+	rounds := coldStartRounds
+	if v := os.Getenv("SILO_COLDSTART_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("SILO_COLDSTART_ROUNDS=%q: want a positive number", v)
+		}
+		rounds = n
+	}
 	e := newEnv(t)
 	cfg := e.Config(Silo("cold", []string{"cold"}))
 	m := e.startManager(cfg, nil)
+	eu := newEnv(t)
+	cfgu := eu.Config(Silo("cold", []string{"cold"}))
+	mu := eu.startManagerOpts(cfgu, spawner.Options{NoParking: true})
 	ctx := context.Background()
 	startAll(t, m, "cold")
-	if err := m.Stop(ctx, "cold", spawner.StopFast); err != nil {
-		t.Fatal(err)
+	startAll(t, mu, "cold")
+	parks := 0
+	stop := func(m *spawner.Manager, parked bool) {
+		t.Helper()
+		if err := m.Stop(ctx, "cold", spawner.StopFast); err != nil {
+			t.Fatal(err)
+		}
+		if parked {
+			parks++
+			eventually(t, 60*time.Second, "the silo parked", func() bool {
+				return strings.Count(e.Log.String(), `msg="silo parked" silo=cold`) >= parks
+			})
+		}
 	}
+	stop(m, true)
+	stop(mu, false)
 	data := cfg.Paths("cold").Data
 	siloUID := idRange(t, cfg, "cold").HostUID(fslayout.PostgresUID)
 	const nobody = 65534
@@ -50,33 +83,56 @@ func TestColdStartTimes(t *testing.T) {
 	if err := os.Chown(plainRun, nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
-
-	var silo, plain []time.Duration
-	for i := range coldStartRounds {
+	coldStart := func(m *spawner.Manager, parked bool) time.Duration {
+		t.Helper()
 		begin := time.Now()
 		lease, err := m.Acquire(ctx, "cold")
 		took := time.Since(begin)
 		if err != nil {
-			t.Fatalf("round %d: Acquire: %v", i, err)
+			t.Fatalf("Acquire: %v", err)
 		}
 		if !lease.ColdStart {
-			t.Fatalf("round %d: the lease is not a cold start", i)
+			t.Fatal("the lease is not a cold start")
 		}
 		lease.Release()
-		silo = append(silo, took)
-		if err := m.Stop(ctx, "cold", spawner.StopFast); err != nil {
-			t.Fatal(err)
-		}
+		stop(m, parked)
+		return took
+	}
 
+	var parked, unparked, plain []time.Duration
+	for range rounds {
+		parked = append(parked, coldStart(m, true))
+		unparked = append(unparked, coldStart(mu, false))
 		chownTree(t, data, nobody)
 		plain = append(plain, plainStart(t, e.Install, data, plainRun, nobody))
 		chownTree(t, data, siloUID)
 	}
-	p50s, p50p := median(silo), median(plain)
-	t.Logf("cold start over %d rounds, interleaved:", coldStartRounds)
-	t.Logf("  silo (Acquire of a stopped silo): p50 %s  min %s  max %s", p50s, slices.Min(silo), slices.Max(silo))
-	t.Logf("  plain postgres, same data dir:    p50 %s  min %s  max %s", p50p, slices.Min(plain), slices.Max(plain))
-	t.Logf("  ratio silo/plain (p50): %.2f", float64(p50s)/float64(p50p))
+	if n := strings.Count(e.Log.String(), `msg="silo start phases" silo=cold prepare`); n == 0 {
+		t.Error("no start phases logged")
+	}
+	if strings.Contains(e.Log.String(), "discarding the parked sandbox") {
+		t.Errorf("a parked sandbox was discarded during the run:\n%s", e.Log.String())
+	}
+	row := func(what string, d []time.Duration) {
+		t.Logf("  %-34s p50 %7.2fms  p99 %7.2fms  min %7.2fms  max %7.2fms", what,
+			ms(median(d)), ms(percentile(d, 0.99)), ms(slices.Min(d)), ms(slices.Max(d)))
+	}
+	t.Logf("cold start over %d rounds, interleaved:", rounds)
+	row("silo, parked (default):", parked)
+	row("silo, parking off:", unparked)
+	row("plain postgres, same data dir:", plain)
+	t.Logf("  ratio to plain (p50): parked %.2f, parking off %.2f",
+		float64(median(parked))/float64(median(plain)), float64(median(unparked))/float64(median(plain)))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// percentile returns the nearest-rank percentile p (0 < p ≤ 1) of d.
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
 }
 
 func median(d []time.Duration) time.Duration {

@@ -260,7 +260,14 @@ func (e *testEnv) LoadConfig(path string) *config.Config {
 // down (fast) when the test ends.
 func (e *testEnv) startManager(cfg *config.Config, obs spawner.Observer) *spawner.Manager {
 	e.t.Helper()
-	m, err := spawner.New(cfg, spawner.Options{Logger: e.Logger(), Observer: obs})
+	return e.startManagerOpts(cfg, spawner.Options{Observer: obs})
+}
+
+// startManagerOpts is startManager with options; the logger is the test's.
+func (e *testEnv) startManagerOpts(cfg *config.Config, opts spawner.Options) *spawner.Manager {
+	e.t.Helper()
+	opts.Logger = e.Logger()
+	m, err := spawner.New(cfg, opts)
 	if err != nil {
 		e.t.Fatalf("spawner.New: %v", err)
 	}

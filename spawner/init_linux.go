@@ -19,11 +19,13 @@ import (
 
 // InitMain is silo-init: PID 1 of a silo. It reads its config from the
 // pipe named by _SILO_INITPIPE, builds the silo's root from the mount plan
-// and pivots into it, and sets the hostname. To start the postmaster as
-// PID 2 it then re-executes itself once inside the new root (stage 2, see
-// execStage2), waits for the proxy's start byte, drops privileges,
-// installs the seccomp filter and starts the postmaster as the silo's
-// postgres uid. It stays PID 1: it reaps zombies, forwards SIGTERM,
+// and pivots into it, sets the hostname and brings up lo. To start the
+// postmaster as PID 2 it then re-executes itself once inside the new root
+// (stage 2, see execStage2), waits for the proxy's start byte (it is in the
+// silo's cgroup), drops privileges and prepares the postmaster's start,
+// then waits for the run byte (a parked silo waits there) and starts the
+// postmaster as the silo's postgres uid, under the seccomp filter. It
+// stays PID 1: it reaps zombies, forwards SIGTERM,
 // SIGINT, SIGQUIT and SIGHUP to the postmaster and exits with the
 // postmaster's status. When the config pipe reaches EOF (the proxy closed
 // it or died) it exits at once, and the kernel kills every process of the
@@ -107,7 +109,7 @@ func runInit(rep *reporter) int {
 	}
 
 	sigs := notifySignals()
-	if err := awaitStart(pipe); err != nil {
+	if err := awaitByte(pipe, startByte); err != nil {
 		return 137
 	}
 	// The proxy holds the write end for as long as it wants the silo to
@@ -184,7 +186,8 @@ func execStage2(cfg *initConfig, lifelineFD int, rep *reporter) error {
 }
 
 // runStage2 is silo-init after execStage2, inside the silo's root: it
-// drops privileges, starts the postmaster as PID 2 and supervises it.
+// drops privileges, waits for the run byte, starts the postmaster as PID 2
+// and supervises it.
 func runStage2(rep *reporter) int {
 	mfd, err := strconv.Atoi(os.Getenv(envInitStage2))
 	if err != nil || mfd < 3 {
@@ -210,18 +213,21 @@ func runStage2(rep *reporter) int {
 	}
 	sigs := notifySignals()
 	lpipe := os.NewFile(uintptr(lfd), "silo-init-lifeline")
-	if err := awaitStart(lpipe); err != nil {
+	if err := awaitByte(lpipe, startByte); err != nil {
 		return 137
 	}
-	if err := confine(cfg); err != nil {
+	pm, err := preparePostmaster(cfg)
+	if err != nil {
 		return rep.fail("confine", err)
+	}
+	// Parked: everything is done but the postmaster's start, which the
+	// proxy asks for when a client needs the silo.
+	if err := awaitByte(lpipe, runByte); err != nil {
+		return 137
 	}
 	lifeline := make(chan struct{})
 	sup := &supervisor{sigs: sigs, lifeline: lifeline}
-	if code, ok := runCommands(cfg, sup, rep); !ok {
-		return code
-	}
-	pid, err := startPID2(cfg)
+	pid, err := pm.start()
 	if err != nil {
 		return rep.fail(cfg.Postmaster.Step, err)
 	}
@@ -250,22 +256,68 @@ func runStage2(rep *reporter) int {
 	return code
 }
 
-// startPID2 starts the postmaster as pid 2 of the silo. execStage2's
-// execve ended stage 1's threads, but the kernel releases their pids a
-// moment later: wait until thread 2 of init is gone (tgkill answers
-// ESRCH), then set ns_last_pid to 1 so that the next pid handed out is 2.
-// The collector is paused so that no new runtime thread is created between
-// the write and the fork. Should pid 2 still be taken, the postmaster
-// simply gets another pid: nothing depends on the number.
-func startPID2(cfg *initConfig) (int, error) {
+// postmasterStart is the postmaster's start, prepared by stage 2 while it
+// is parked.
+type postmasterStart struct {
+	cfg    *initConfig
+	filter *unix.SockFprog // nil for seccomp: off
+	exec   *pid2Exec
+}
+
+// preparePostmaster drops init's privileges (applyPrivileges, on the
+// locked thread that will fork the postmaster), assembles the seccomp
+// filter and prepares the postmaster's exec, so that start only forks.
+func preparePostmaster(cfg *initConfig) (*postmasterStart, error) {
+	if err := applyPrivileges(privilegeSpec{}); err != nil {
+		return nil, err
+	}
+	filter, err := seccompFilter(cfg.Seccomp)
+	if err != nil {
+		return nil, err
+	}
+	e, err := newPID2Exec(*cfg.Postmaster, cfg.UID, cfg.GID, cfg.SetGroups, filter)
+	if err != nil {
+		return nil, err
+	}
+	return &postmasterStart{cfg: cfg, filter: filter, exec: e}, nil
+}
+
+// start starts the postmaster as pid 2 of the silo. execStage2's execve
+// ended stage 1's threads, but the kernel releases their pids a moment
+// later: it waits until thread 2 of init is gone (tgkill answers ESRCH),
+// then has clone3 hand pid 2 to the postmaster (forkExecPID), which
+// installs the silo's seccomp filter for itself just before its execve;
+// init installs the same filter on itself right after. Where clone3
+// cannot set the pid (before Linux 5.5), init installs its filter first
+// and forks with ns_last_pid set to 1, which usually, not always, yields
+// pid 2: nothing depends on the number.
+func (pm *postmasterStart) start() (int, error) {
 	deadline := time.Now().Add(time.Second)
 	for unix.Tgkill(1, 2, 0) == nil && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Microsecond)
 	}
+	pid, err := forkExecPID(pm.exec, 2)
+	switch {
+	case err == nil:
+		if pm.filter != nil {
+			if err := loadSeccomp(pm.cfg.Seccomp, pm.filter); err != nil {
+				unix.Kill(pid, unix.SIGKILL)
+				return 0, err
+			}
+		}
+		return pid, nil
+	case !errors.Is(err, errNoSetTID):
+		return 0, &os.PathError{Op: "exec", Path: pm.cfg.Postmaster.Path, Err: err}
+	}
+	if pm.filter != nil {
+		if err := loadSeccomp(pm.cfg.Seccomp, pm.filter); err != nil {
+			return 0, err
+		}
+	}
 	gc := debug.SetGCPercent(-1)
 	defer debug.SetGCPercent(gc)
 	os.WriteFile(nsLastPid, []byte("1"), 0)
-	return startCommand(cfg, *cfg.Postmaster)
+	return startCommand(pm.cfg, *pm.cfg.Postmaster)
 }
 
 // watchLifeline returns a channel closed when r reaches EOF.
@@ -307,16 +359,17 @@ func runCommands(cfg *initConfig, sup *supervisor, rep *reporter) (code int, ok 
 	return 0, true
 }
 
-// awaitStart blocks until the proxy sends startByte: silo-init is in the
-// silo's cgroup and may start programs. EOF (the proxy gave up or died) or
-// anything else is an error, and init exits.
-func awaitStart(r io.Reader) error {
+// awaitByte blocks until the proxy sends want on the config pipe:
+// startByte once silo-init is in the silo's cgroup and may start programs,
+// runByte once the postmaster is to start. EOF (the proxy gave up or died)
+// or any other byte is an error, and init exits.
+func awaitByte(r io.Reader, want byte) error {
 	var b [1]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return err
 	}
-	if b[0] != startByte {
-		return fmt.Errorf("unexpected byte %#x on the config pipe", b[0])
+	if b[0] != want {
+		return fmt.Errorf("unexpected byte %#x on the config pipe, want %#x", b[0], want)
 	}
 	return nil
 }
@@ -339,9 +392,9 @@ func confine(cfg *initConfig) error {
 // stderr (both pipes from the proxy's point of view) and returns its pid.
 // It forks with syscall.ForkExec rather than os.StartProcess: the latter's
 // first call forks a throwaway child to probe clone(CLONE_PIDFD), which
-// would take the pid startPID2 reserved. Children are never waited for
-// through os.Process: init's own reaper collects every exit, including
-// those of orphans reparented to it.
+// would take the pid postmasterStart.start reserved with ns_last_pid.
+// Children are never waited for through os.Process: init's own reaper
+// collects every exit, including those of orphans reparented to it.
 func startCommand(cfg *initConfig, c initCommand) (int, error) {
 	attr := &syscall.ProcAttr{
 		Dir:   c.Dir,

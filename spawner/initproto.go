@@ -32,9 +32,10 @@ const InitArg = "silo-init"
 // them in /proc/<pid>/cmdline.
 const (
 	// envInitPipe names the read end of the config pipe: the initConfig
-	// as one framed JSON message (see writeFrame), then the single byte
-	// startByte once silo-init may start programs, then nothing until the
-	// proxy closes it or dies; that EOF is silo-init's signal to take the
+	// as one framed JSON message (see writeFrame), then the byte startByte
+	// once silo-init is in the silo's cgroup, then, for a postmaster, the
+	// byte runByte once it is to start, then nothing until the proxy
+	// closes the pipe or dies; that EOF is silo-init's signal to take the
 	// whole silo down.
 	envInitPipe = "_SILO_INITPIPE"
 	// envReportPipe names the write end of the report pipe: JSON lines of
@@ -47,6 +48,13 @@ const (
 // config first lets init build the root (and re-execute itself) while the
 // proxy waits for the kernel's slow cgroup v1 migration.
 const startByte = 'S'
+
+// runByte tells silo-init to start the postmaster. Until it comes, init
+// waits with everything else done: root built, privileges dropped, the
+// postmaster's exec prepared. A silo whose init waits there is parked (see
+// hostLauncher.park): its cold start is this byte and the postmaster's own
+// start.
+const runByte = 'R'
 
 // writeFrame writes msg with a 4-byte big-endian length before it. The
 // config is framed, not newline-terminated, so that silo-init can read
@@ -137,6 +145,11 @@ func (c *initConfig) validate() error {
 	}
 	if len(c.Commands) == 0 && c.Postmaster == nil {
 		return errors.New("init config: nothing to run")
+	}
+	if len(c.Commands) > 0 && c.Postmaster != nil {
+		// Commands run in stage 1 under init's own filter; the
+		// postmaster in stage 2, where init's filter comes after it.
+		return errors.New("init config: commands and a postmaster in one silo-init")
 	}
 	cmds := c.Commands
 	if c.Postmaster != nil {

@@ -182,8 +182,14 @@ func TestInitConfigValidate(t *testing.T) {
 		"nothing to run":   func(c *initConfig) { c.Postmaster = nil },
 		"relative command": func(c *initConfig) { c.Postmaster.Path = "postgres" },
 		"command no argv":  func(c *initConfig) { c.Postmaster.Args = nil },
-		"command no step":  func(c *initConfig) { c.Commands = []initCommand{{Path: "/bin/initdb", Args: []string{"initdb"}}} },
-		"relative target":  func(c *initConfig) { c.Plan.Ops[0].Target = "proc" },
+		"command no step": func(c *initConfig) {
+			c.Postmaster = nil
+			c.Commands = []initCommand{{Path: "/bin/initdb", Args: []string{"initdb"}}}
+		},
+		"commands and postmaster": func(c *initConfig) {
+			c.Commands = []initCommand{{Step: "initdb", Path: "/bin/initdb", Args: []string{"initdb"}}}
+		},
+		"relative target": func(c *initConfig) { c.Plan.Ops[0].Target = "proc" },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {

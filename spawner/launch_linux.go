@@ -73,6 +73,12 @@ type hostLauncher struct {
 	mu       sync.Mutex
 	installs map[string]fslayout.Install
 	plans    map[string]fslayout.Plan
+	// slots serialise the work on each silo (see lockSilo).
+	slots map[string]chan struct{}
+	// parked holds the silos' parked silo-inits (see park).
+	parked  map[string]*parkedSilo
+	parkSem chan struct{}
+	closed  bool // no more parking
 }
 
 // newHostLauncher takes the state_dir lock (one proxy per state_dir: two
@@ -105,6 +111,9 @@ func newHostLauncher(cfg *config.Config, exe string, log *slog.Logger) (*hostLau
 		lockFile: lock,
 		installs: map[string]fslayout.Install{},
 		plans:    map[string]fslayout.Plan{},
+		slots:    map[string]chan struct{}{},
+		parked:   map[string]*parkedSilo{},
+		parkSem:  make(chan struct{}, parkConcurrency),
 		forks:    make(chan func()),
 		closing:  make(chan struct{}),
 	}
@@ -196,11 +205,13 @@ func newLauncher(cfg *config.Config, exe string, log *slog.Logger) (launcher, er
 	return newHostLauncher(cfg, exe, log)
 }
 
-// close ends the forker thread and, once the Manager has stopped every
-// silo, removes the instance's silo-proxy-<hash> cgroup directories (with
-// any silo cgroup left empty), then releases the state_dir lock.
+// close discards the parked sandboxes, ends the forker thread and, once
+// the Manager has stopped every silo, removes the instance's
+// silo-proxy-<hash> cgroup directories (with any silo cgroup left empty),
+// then releases the state_dir lock.
 func (l *hostLauncher) close() {
 	l.closeOnce.Do(func() {
+		l.closeParked()
 		close(l.closing)
 		if l.mode == ModePrivileged {
 			if remaining, err := sweepCgroups(l.stateDir, l.log); err != nil {
@@ -355,15 +366,60 @@ type siloProc interface {
 // launcher starts silos; the Manager's tests substitute a fake.
 type launcher interface {
 	launch(ctx context.Context, req launchRequest) (siloProc, error)
+	// park prepares the stopped silo of req so that its next launch is
+	// quick; wanted says whether the silo still is stopped. It may do
+	// nothing.
+	park(ctx context.Context, req launchRequest, wanted func() bool)
+	// unpark releases what park holds for the silo.
+	unpark(name string)
 	close()
 }
 
 // launch prepares, bootstraps if needed, and starts the silo, and returns
 // once its postmaster accepts connections and every listed database
-// exists. Cancelling ctx kills a silo that is not ready yet.
+// exists. A sandbox parked for the silo with the same configuration (see
+// park) is used when there is one: its start is then only the postmaster's.
+// Cancelling ctx kills a silo that is not ready yet.
 func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc, error) {
-	cfg, silo, log := req.Config, req.Silo, req.Log
 	phases := newPhaseTimer()
+	unlock, err := l.lockSilo(ctx, req.Silo.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	sb, err := l.newSandbox(req)
+	if err != nil {
+		return nil, err
+	}
+	phases.mark("prepare")
+	p, err := l.start(ctx, sb, phases)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// sandbox is one start of a silo, as far as it is known before silo-init
+// runs.
+type sandbox struct {
+	req      launchRequest
+	inst     fslayout.Install
+	paths    config.SiloPaths
+	ids      idSetup
+	password string
+	spec     fslayout.Spec
+	// ic is the config silo-init gets; nil until the plan is known (after
+	// a bootstrap for a new data directory).
+	ic *initConfig
+	// key identifies the configuration of ic, the ids, the network and the
+	// limits: a parked sandbox serves a start only if the keys match.
+	key string
+}
+
+// newSandbox checks req and prepares the silo's host side: directories,
+// id block, password.
+func (l *hostLauncher) newSandbox(req launchRequest) (*sandbox, error) {
+	cfg, silo := req.Config, req.Silo
 	if cfg.StateDir != l.stateDir {
 		return nil, fmt.Errorf("BUG: state_dir changed from %s to %s", l.stateDir, cfg.StateDir)
 	}
@@ -386,45 +442,82 @@ func (l *hostLauncher) launch(ctx context.Context, req launchRequest) (siloProc,
 	if err != nil {
 		return nil, err
 	}
-	phases.mark("prepare")
-	var cg *cgroup
-	if !ids.rootless {
-		if cg, err = createCgroup(cfg.StateDir, silo.Name, silo.Limits, l.log); err != nil {
-			return nil, err
-		}
-	}
-	phases.mark("cgroup")
-	p, err := l.start(ctx, req, inst, paths, ids, password, cg, phases)
-	if err != nil {
-		if derr := cg.destroy(); derr != nil {
-			log.Warn("removing the silo's cgroup", "err", derr.Error())
-		}
-		return nil, err
-	}
-	return p, nil
+	return &sandbox{req: req, inst: inst, paths: paths, ids: ids, password: password,
+		spec: fslayout.Spec{
+			Silo:      silo.Name,
+			Layout:    silo.Layout,
+			Install:   inst,
+			DataDir:   paths.Data,
+			SocketDir: paths.Run,
+			Mounts:    silo.Mounts,
+		}}, nil
 }
 
-func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup, phases *phaseTimer) (*hostProcess, error) {
-	silo, log := req.Silo, req.Log
-	if _, err := os.Stat(paths.Data); errors.Is(err, fs.ErrNotExist) {
-		if err := l.bootstrap(ctx, req, inst, paths, ids, password, cg); err != nil {
+// planSandbox computes the silo's mount plan and silo-init's config for a
+// data directory that exists.
+func (l *hostLauncher) planSandbox(sb *sandbox) error {
+	plan, err := l.plan(sb.spec)
+	if err != nil {
+		return err
+	}
+	silo := sb.req.Silo
+	ic := l.initConfig(silo, sb.paths, plan, sb.ids)
+	ic.Postmaster = postmasterCommand(silo, sb.inst)
+	key, err := json.Marshal(struct {
+		Init    *initConfig
+		Network config.Network
+		Limits  config.Limits
+		IDs     idSetup
+	}{ic, silo.Network, silo.Limits, sb.ids})
+	if err != nil {
+		return err
+	}
+	sb.ic, sb.key = ic, string(key)
+	return nil
+}
+
+// checkReachable checks, before silo-init is spawned on sb's plan, that
+// the silo's ids reach every bind source (see checkReachable). A parked
+// sandbox has bound them already.
+func (sb *sandbox) checkReachable() error {
+	if sb.ids.rootless {
+		return nil
+	}
+	return checkReachable(sb.ic.Plan, sb.ids.rng)
+}
+
+// start starts sb's silo: from its parked sandbox when it has a matching
+// one, else from scratch (bootstrapping a new data directory first).
+func (l *hostLauncher) start(ctx context.Context, sb *sandbox, phases *phaseTimer) (*hostProcess, error) {
+	silo, log := sb.req.Silo, sb.req.Log
+	var cg *cgroup
+	// cg is the fresh start's until silo-init owns it.
+	cgOwned := false
+	defer func() {
+		if !cgOwned {
+			if err := cg.destroy(); err != nil {
+				log.Warn("removing the silo's cgroup", "err", err.Error())
+			}
+		}
+	}()
+	newCgroup := func() error {
+		if sb.ids.rootless || cg != nil {
+			return nil
+		}
+		var err error
+		cg, err = createCgroup(l.stateDir, silo.Name, silo.Limits, l.log)
+		return err
+	}
+	if _, err := os.Stat(sb.paths.Data); errors.Is(err, fs.ErrNotExist) {
+		l.discardParked(silo.Name)
+		if err := newCgroup(); err != nil {
+			return nil, err
+		}
+		if err := l.bootstrap(ctx, sb, cg); err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
 		phases.mark("bootstrap")
 	} else if err != nil {
-		return nil, err
-	}
-
-	spec := fslayout.Spec{
-		Silo:      silo.Name,
-		Layout:    silo.Layout,
-		Install:   inst,
-		DataDir:   paths.Data,
-		SocketDir: paths.Run,
-		Mounts:    silo.Mounts,
-	}
-	plan, err := l.plan(spec)
-	if err != nil {
 		return nil, err
 	}
 	// A failed start may come from a plan the host has outgrown (a
@@ -432,38 +525,60 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 	started := false
 	defer func() {
 		if !started {
-			l.forgetPlan(spec)
+			l.forgetPlan(sb.spec)
 		}
 	}()
-	if !ids.rootless {
-		if err := checkReachable(plan, ids.rng); err != nil {
-			return nil, err
-		}
+	if err := l.planSandbox(sb); err != nil {
+		return nil, err
 	}
 	phases.mark("plan")
 	// A socket or lock file left by a postmaster that was killed would
 	// only confuse the readiness probe; nothing else can be using the
 	// directory while we hold the state_dir lock.
 	for _, n := range []string{socketName, socketName + ".lock"} {
-		os.Remove(filepath.Join(paths.Run, n))
+		os.Remove(filepath.Join(sb.paths.Run, n))
 	}
-	ic := l.initConfig(silo, paths, plan, ids)
-	ic.Postmaster = postmasterCommand(silo, inst)
-	p, err := l.spawn(ctx, silo, ic, ids, cg, log)
-	if err != nil {
-		return nil, err
+	p := l.takeParked(sb)
+	if p != nil {
+		if err := p.run(); err != nil {
+			// The parked init is gone (killed, or it failed to build
+			// the sandbox): start from scratch, which reports why.
+			log.Debug("the parked sandbox is gone; starting afresh", "err", err.Error())
+			p.kill()
+			<-p.done()
+			p = nil
+		} else {
+			phases.mark("parked")
+		}
 	}
-	p.socketDir = paths.Run
-	p.password = password
-	p.dbMarker = filepath.Join(paths.Dir, "databases")
-	phases.mark("spawn")
+	if p == nil {
+		if err := sb.checkReachable(); err != nil {
+			return nil, err
+		}
+		if err := newCgroup(); err != nil {
+			return nil, err
+		}
+		phases.mark("cgroup")
+		var err error
+		cgOwned = true // by the process, whether or not it starts
+		if p, err = l.spawn(sb, sb.ic, cg, true); err != nil {
+			return nil, err
+		}
+		if err := p.run(); err != nil {
+			return nil, p.fail(err)
+		}
+		phases.mark("spawn")
+	}
+	p.socketDir = sb.paths.Run
+	p.password = sb.password
+	p.dbMarker = filepath.Join(sb.paths.Dir, "databases")
 	if err := p.waitStarted(ctx); err != nil {
 		p.kill()
 		<-p.done()
 		return nil, err
 	}
 	phases.mark("root")
-	if err := waitReady(ctx, filepath.Join(paths.Run, socketName), p.done(), p.readyHint); err != nil {
+	if err := waitReady(ctx, filepath.Join(sb.paths.Run, socketName), p.done(), p.readyHint); err != nil {
 		p.kill()
 		<-p.done()
 		if perr := p.exitErr(); perr != nil {
@@ -480,10 +595,6 @@ func (l *hostLauncher) start(ctx context.Context, req launchRequest, inst fslayo
 	phases.mark("databases")
 	log.Debug("silo start phases", phases.attrs()...)
 	started = true
-	// From here on the process owns the cgroup and removes it on exit.
-	p.mu.Lock()
-	p.cg = cg
-	p.mu.Unlock()
 	return p, nil
 }
 
@@ -667,8 +778,9 @@ func checkReachable(plan fslayout.Plan, r IDRange) error {
 // to data. A leftover .bootstrap directory is an interrupted earlier
 // attempt and is removed first, so a half-initialised data directory can
 // never be started.
-func (l *hostLauncher) bootstrap(ctx context.Context, req launchRequest, inst fslayout.Install, paths config.SiloPaths, ids idSetup, password string, cg *cgroup) error {
-	silo, log := req.Silo, req.Log
+func (l *hostLauncher) bootstrap(ctx context.Context, sb *sandbox, cg *cgroup) error {
+	silo, log := sb.req.Silo, sb.req.Log
+	inst, paths, ids, password := sb.inst, sb.paths, sb.ids, sb.password
 	tmp := paths.Data + ".bootstrap"
 	// A new data directory has none of the databases recorded for an old one.
 	if err := os.Remove(filepath.Join(paths.Dir, "databases")); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -727,7 +839,7 @@ func (l *hostLauncher) bootstrap(ctx context.Context, req launchRequest, inst fs
 		Env: siloEnv(inst),
 		Dir: "/",
 	}}
-	p, err := l.spawn(ctx, silo, ic, ids, cg, log)
+	p, err := l.spawn(sb, ic, cg, false)
 	if err != nil {
 		return err
 	}
@@ -794,8 +906,8 @@ type hostProcess struct {
 	// the readiness probe need not wait for its next poll.
 	readyHint chan struct{}
 	hintOnce  sync.Once
-	// cg is the silo's cgroup once the silo is running; the process
-	// removes it after silo-init exits.
+	// cg is the silo's cgroup, which the process owns: it removes it
+	// after silo-init exits.
 	cg *cgroup
 
 	mu      sync.Mutex
@@ -810,10 +922,14 @@ type hostProcess struct {
 	doneCh    chan struct{}
 }
 
-// spawn starts silo-init with the config ic and returns at once.
-// cg, when not nil, receives silo-init before it reads its config, so the
-// postmaster and every backend are born inside the silo's cgroup.
-func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConfig, ids idSetup, cg *cgroup, log *slog.Logger) (*hostProcess, error) {
+// spawn starts silo-init with the config ic and returns once it is in
+// its cgroup cg (when not nil) and has the start byte: it builds the root
+// meanwhile, and the postmaster and every backend are born inside the
+// cgroup. own says the process owns cg and removes it once it has exited;
+// a bootstrap's initdb leaves it to the start that follows. A postmaster
+// then waits for run.
+func (l *hostLauncher) spawn(sb *sandbox, ic *initConfig, cg *cgroup, own bool) (*hostProcess, error) {
+	silo, log := sb.req.Silo, sb.req.Log
 	msg, err := json.Marshal(ic)
 	if err != nil {
 		return nil, err
@@ -843,7 +959,7 @@ func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConf
 		ExtraFiles:  []*os.File{cfgR, repW},
 		Stdout:      logW,
 		Stderr:      logW,
-		SysProcAttr: ids.sysProcAttr(silo.Network),
+		SysProcAttr: sb.ids.sysProcAttr(silo.Network),
 	}
 	if ferr := l.onForker(func() { err = cmd.Start() }); ferr != nil {
 		err = ferr
@@ -855,6 +971,11 @@ func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConf
 		cfgW.Close()
 		repR.Close()
 		logR.Close()
+		if own {
+			if derr := cg.destroy(); derr != nil {
+				log.Warn("removing the silo's cgroup", "err", derr.Error())
+			}
+		}
 		return nil, fmt.Errorf("starting silo-init (%s): %w", l.exe, err)
 	}
 	p := &hostProcess{
@@ -867,33 +988,56 @@ func (l *hostLauncher) spawn(ctx context.Context, silo config.Silo, ic *initConf
 		changed:   make(chan struct{}),
 		doneCh:    make(chan struct{}),
 	}
+	if own {
+		p.cg = cg
+	}
 	logDone := make(chan struct{})
 	go p.readLog(logR, logDone)
 	go p.monitor(repR, logDone)
 	// init builds the root while the kernel moves it into the silo's
 	// cgroup (milliseconds per cgroup v1 hierarchy), and starts no program
 	// before the start byte says the move is done.
-	// Each step fails when init has already given up (it reports why, then
-	// exits: the cgroup move finds no such process, the pipe is broken);
-	// init's own report is then the error worth returning.
-	fail := func(err error) (*hostProcess, error) {
-		p.kill()
-		<-p.done()
-		if ierr := p.exitErr(); ierr != nil && p.reported() {
-			return nil, ierr
-		}
-		return nil, err
-	}
 	if err := writeFrame(cfgW, msg); err != nil {
-		return fail(fmt.Errorf("sending the silo config to silo-init: %w", err))
+		return nil, p.fail(fmt.Errorf("sending the silo config to silo-init: %w", err))
 	}
 	if err := cg.addProcess(cmd.Process.Pid); err != nil {
-		return fail(err)
+		return nil, p.fail(err)
 	}
 	if _, err := cfgW.Write([]byte{startByte}); err != nil {
-		return fail(fmt.Errorf("starting silo-init: %w", err))
+		return nil, p.fail(fmt.Errorf("starting silo-init: %w", err))
 	}
 	return p, nil
+}
+
+// run tells a postmaster's silo-init, parked or just spawned, to start the
+// postmaster. It fails when init is gone.
+func (p *hostProcess) run() error {
+	select {
+	case <-p.doneCh:
+		if err := p.exitErr(); err != nil {
+			return err
+		}
+		return errors.New("silo-init exited before starting the postmaster")
+	default:
+	}
+	if _, err := p.lifeline.Write([]byte{runByte}); err != nil {
+		return fmt.Errorf("starting the postmaster: %w", err)
+	}
+	return nil
+}
+
+// fail ends a silo-init that is no longer wanted after err, and returns
+// the better explanation: each step of a start fails when init has already
+// given up (it reports why, then exits: the cgroup move finds no such
+// process, the pipe is broken), and init's own report is then the error
+// worth returning.
+func (p *hostProcess) fail(err error) error {
+	p.kill()
+	<-p.done()
+	if ierr := p.exitErr(); ierr != nil && p.reported() {
+		return ierr
+	}
+	return err
 }
 
 // monitor reads init's reports until the pipe closes, then reaps init and

@@ -29,6 +29,13 @@ type Options struct {
 	// it escalates to fast, then immediate, then SIGKILL. Default 30s.
 	StopGrace time.Duration
 
+	// NoParking turns parking off: a stopped silo then has no process at
+	// all, and each cold start builds its sandbox from scratch. By default
+	// a stopped silo is parked: its silo-init is started ahead, with
+	// namespaces, root, cgroup and privileges done, and waits for the
+	// start (see docs/silos.md).
+	NoParking bool
+
 	// launcher replaces the host launcher in tests.
 	launcher launcher
 }
@@ -54,6 +61,10 @@ type Manager struct {
 	obs       Observer
 	launcher  launcher
 	stopGrace time.Duration
+	parking   bool
+	// parkCtx ends the background parking at Shutdown.
+	parkCtx    context.Context
+	parkCancel context.CancelFunc
 
 	mu     sync.Mutex
 	cfg    *config.Config
@@ -93,6 +104,10 @@ type silo struct {
 	afterStop   *StartReason       // start again, for this reason, once stopped
 	reload      bool               // sandbox changed: restart when no clients
 	removed     bool               // no longer in the config
+
+	// parkGen tells a background park whether it is still the latest
+	// one asked for.
+	parkGen int
 
 	backoff      backoff
 	retryAt      time.Time // no new start attempt by Acquire before this
@@ -135,9 +150,11 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		obs:       opts.Observer,
 		launcher:  opts.launcher,
 		stopGrace: opts.StopGrace,
+		parking:   !opts.NoParking,
 		cfg:       cfg,
 		silos:     map[string]*silo{},
 	}
+	m.parkCtx, m.parkCancel = context.WithCancel(context.Background())
 	if m.stopGrace <= 0 {
 		m.stopGrace = defaultStopGrace
 	}
@@ -152,10 +169,46 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		}
 		m.launcher = l
 	}
+	m.mu.Lock()
 	for _, sc := range cfg.Silos {
-		m.addLocked(sc)
+		m.parkLocked(m.addLocked(sc))
 	}
+	m.mu.Unlock()
 	return m, nil
+}
+
+// parkLocked has the launcher park the stopped silo s in the background
+// (see hostLauncher.park), unless parking is off or s is not to start
+// again. A later parkLocked, or any start, makes an earlier park moot.
+func (m *Manager) parkLocked(s *silo) {
+	if !m.parking || m.closed || s.removed || s.state != StateStopped {
+		return
+	}
+	s.parkGen++
+	gen := s.parkGen
+	req := launchRequest{Config: m.cfg, Silo: s.conf, Log: s.log}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.launcher.park(m.parkCtx, req, func() bool {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return s.parkGen == gen && s.state == StateStopped && !s.removed && !m.closed
+		})
+	}()
+}
+
+// unparkLocked releases what was parked for s, in the background.
+func (m *Manager) unparkLocked(s *silo) {
+	if !m.parking {
+		return
+	}
+	s.parkGen++
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.launcher.unpark(s.name)
+	}()
 }
 
 func (m *Manager) addLocked(sc config.Silo) *silo {
@@ -423,6 +476,7 @@ func (m *Manager) cancelRetry(s *silo) {
 func (m *Manager) startLocked(s *silo, reason StartReason) {
 	m.stopIdleTimer(s)
 	m.cancelRetry(s)
+	s.parkGen++
 	m.setState(s, StateStarting)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancelStart = cancel
@@ -552,10 +606,16 @@ func (m *Manager) stoppedLocked(s *silo) {
 	if s.removed {
 		delete(m.silos, s.name)
 		m.order = slices.DeleteFunc(m.order, func(n string) bool { return n == s.name })
+		m.unparkLocked(s)
 		return
 	}
 	if after != nil && !m.closed {
 		m.startLocked(s, *after)
+		return
+	}
+	if s.lastErr == nil {
+		// A clean stop: the next start will most likely work the same.
+		m.parkLocked(s)
 	}
 }
 
@@ -910,6 +970,7 @@ func (m *Manager) Reconfigure(cfg *config.Config) error {
 		if s == nil {
 			s = m.addLocked(sc)
 			s.log.Info("silo added")
+			m.parkLocked(s)
 			continue
 		}
 		prev := s.conf
@@ -921,6 +982,9 @@ func (m *Manager) Reconfigure(cfg *config.Config) error {
 				m.setState(s, StateRunning)
 			}
 		}
+		// A parked sandbox built from the old configuration is replaced
+		// (the launcher keeps it if nothing it depends on changed).
+		m.parkLocked(s)
 		if prev.SandboxChanged(&sc) {
 			switch s.state {
 			case StateRunning, StateDraining, StateStarting:
@@ -1062,6 +1126,7 @@ func (m *Manager) ensureInBackground(s *silo, proc siloProc, dbs []string) {
 func (m *Manager) Shutdown(ctx context.Context, mode StopMode) error {
 	m.mu.Lock()
 	m.closed = true
+	m.parkCancel()
 	var all []stopRequest
 	for _, n := range m.order {
 		s := m.silos[n]

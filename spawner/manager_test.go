@@ -98,10 +98,34 @@ type fakeLauncher struct {
 	// exitOn is copied into every new proc.
 	exitOn []StopMode
 	closed bool
+	// parks and unparks count the wanted park and the unpark calls.
+	parks, unparks map[string]int
 }
 
 func newFakeLauncher() *fakeLauncher {
-	return &fakeLauncher{launches: map[string]int{}, procs: map[string][]*fakeProc{}}
+	return &fakeLauncher{launches: map[string]int{}, procs: map[string][]*fakeProc{},
+		parks: map[string]int{}, unparks: map[string]int{}}
+}
+
+func (l *fakeLauncher) park(ctx context.Context, req launchRequest, wanted func() bool) {
+	if !wanted() {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.parks[req.Silo.Name]++
+}
+
+func (l *fakeLauncher) unpark(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unparks[name]++
+}
+
+func (l *fakeLauncher) parked(silo string) (parks, unparks int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.parks[silo], l.unparks[silo]
 }
 
 func (l *fakeLauncher) launch(ctx context.Context, req launchRequest) (siloProc, error) {
@@ -811,5 +835,63 @@ func TestRestartAndShutdown(t *testing.T) {
 	l.mu.Unlock()
 	if !closed {
 		t.Error("Shutdown did not close the launcher (state_dir lock)")
+	}
+}
+
+// TestStoppedSilosAreParked: every stopped silo is parked at start, after
+// a clean stop and after a reload; a crashed or removed one is not, and
+// NoParking turns it off.
+func TestStoppedSilosAreParked(t *testing.T) {
+	t.Parallel()
+	l := newFakeLauncher()
+	cfg := testConfig(t, testSilo("a"), testSilo("b"))
+	m, _ := newTestManager(t, cfg, l)
+	waitFor(t, "both silos parked at start", func() bool {
+		a, _ := l.parked("a")
+		b, _ := l.parked("b")
+		return a == 1 && b == 1
+	})
+	acquire(t, m, "a").Release()
+	if err := m.Stop(context.Background(), "a", StopSmart); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a parked after its stop", func() bool { n, _ := l.parked("a"); return n == 2 })
+
+	// A crash is restarted, not parked.
+	acquire(t, m, "b").Release()
+	l.last("b").exit(errors.New("killed by signal 9"))
+	waitFor(t, "b restarted", func() bool { return l.count("b") == 2 && stateOf(m, "b") == StateRunning })
+	if n, _ := l.parked("b"); n != 1 {
+		t.Errorf("b parked %d times, want only the start's", n)
+	}
+
+	// A reload re-parks stopped silos (the launcher keeps a sandbox
+	// whose configuration did not change) and parks added ones; a
+	// removed stopped silo is unparked.
+	next := *cfg
+	next.Silos = []config.Silo{testSilo("b"), testSilo("c")}
+	if err := m.Reconfigure(&next); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c parked, a unparked", func() bool {
+		c, _ := l.parked("c")
+		_, a := l.parked("a")
+		return c == 1 && a == 1
+	})
+	if n, _ := l.parked("b"); n != 1 {
+		t.Errorf("running b parked by the reload (%d parks)", n)
+	}
+
+	off := newFakeLauncher()
+	m2, err := New(testConfig(t, testSilo("x")), Options{launcher: off, NoParking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acquire(t, m2, "x").Release()
+	if err := m2.Shutdown(context.Background(), StopFast); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := off.parked("x"); n != 0 {
+		t.Errorf("NoParking: x parked %d times", n)
 	}
 }

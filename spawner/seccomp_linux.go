@@ -172,28 +172,43 @@ func seccompProgram(mode config.SeccompMode) ([]bpf.Instruction, error) {
 // silo-init calls it last, after the root is built, the hostname set and
 // applyPrivileges: from here on mount, pivot_root and sethostname fail.
 func installSeccomp(mode config.SeccompMode) error {
+	prog, err := seccompFilter(mode)
+	if err != nil || prog == nil {
+		return err
+	}
+	return loadSeccomp(mode, prog)
+}
+
+// seccompFilter assembles mode's filter for the seccomp system call; nil
+// for mode off.
+func seccompFilter(mode config.SeccompMode) (*unix.SockFprog, error) {
 	if mode == config.SeccompOff {
-		return nil
+		return nil, nil
 	}
 	insts, err := seccompProgram(mode)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	raw, err := bpf.Assemble(insts)
 	if err != nil {
-		return fmt.Errorf("seccomp: encoding the filter: %w", err)
+		return nil, fmt.Errorf("seccomp: encoding the filter: %w", err)
 	}
 	filter := make([]unix.SockFilter, len(raw))
 	for i, r := range raw {
 		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	return &unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}, nil
+}
+
+// loadSeccomp sets no_new_privs and installs prog on every thread of the
+// process (TSYNC).
+func loadSeccomp(mode config.SeccompMode, prog *unix.SockFprog) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("seccomp: PR_SET_NO_NEW_PRIVS: %w", err)
 	}
 	r, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
-		unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
-	runtime.KeepAlive(filter)
+		unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(prog)))
+	runtime.KeepAlive(prog)
 	if errno != 0 {
 		return fmt.Errorf("seccomp: loading the %s filter: %w", mode, errno)
 	}
