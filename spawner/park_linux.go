@@ -108,13 +108,15 @@ func (l *hostLauncher) park(ctx context.Context, req launchRequest, wanted func(
 	if !wanted() {
 		return
 	}
+	if _, err := os.Stat(req.Config.Paths(name).Data); err != nil {
+		// Not bootstrapped yet (or gone): nothing is prepared for a
+		// silo before its first start.
+		l.discardParked(name)
+		return
+	}
 	begin := time.Now()
 	sb, err := l.newSandbox(req)
 	if err == nil {
-		if _, serr := os.Stat(sb.paths.Data); serr != nil {
-			l.discardParked(name)
-			return
-		}
 		err = l.planSandbox(sb)
 	}
 	if err != nil {
