@@ -92,6 +92,9 @@ func (l *hostLauncher) lockSilo(ctx context.Context, name string) (func(), error
 // and reports them.
 func (l *hostLauncher) park(ctx context.Context, req launchRequest, wanted func() bool) {
 	name, log := req.Silo.Name, req.Log
+	if !wanted() {
+		return
+	}
 	select {
 	case l.parkSem <- struct{}{}:
 		defer func() { <-l.parkSem }()
