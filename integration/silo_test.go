@@ -89,7 +89,23 @@ func TestExampleConfigSilos(t *testing.T) {
 		t.Fatalf("example silos are %q, want default and app", names)
 	}
 	m := e.startManager(cfg, nil)
+	// The generated superuser passwords exist as soon as the silos are
+	// configured, before any start, so an operator can connect with them
+	// from the first client on.
+	for _, name := range names {
+		st, err := os.Stat(cfg.Paths(name).PasswordFile)
+		if err != nil {
+			t.Fatalf("silo %s: no password file before its first start: %v", name, err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("silo %s: password file mode %v, want 0600", name, st.Mode().Perm())
+		}
+	}
+	before := siloPassword(t, cfg, "app")
 	startAll(t, m, "default", "app")
+	if after := siloPassword(t, cfg, "app"); after != before {
+		t.Errorf("the first start replaced the provisioned password")
+	}
 
 	for _, c := range []struct{ silo, db string }{{"default", "postgres"}, {"app", "app"}, {"app", "app_reports"}} {
 		if got := psql(t, cfg, c.silo, c.db, "SELECT current_database()"); got != c.db {

@@ -62,6 +62,10 @@ type Manager struct {
 	launcher  launcher
 	stopGrace time.Duration
 	parking   bool
+	// provision: silos get their generated superuser password as soon as
+	// they are configured, not at their first start, so that an operator
+	// can read it before the first client connects (host launcher only).
+	provision bool
 	// parkCtx ends the background parking at Shutdown.
 	parkCtx    context.Context
 	parkCancel context.CancelFunc
@@ -168,6 +172,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 			return nil, err
 		}
 		m.launcher = l
+		m.provision = true
 	}
 	m.mu.Lock()
 	for _, sc := range cfg.Silos {
@@ -221,6 +226,11 @@ func (m *Manager) addLocked(sc config.Silo) *silo {
 	}
 	m.silos[sc.Name] = s
 	m.order = append(m.order, sc.Name)
+	if m.provision {
+		if err := provisionPassword(m.cfg, sc); err != nil {
+			s.log.Warn("cannot prepare the superuser password yet; the first start retries", "err", err)
+		}
+	}
 	return s
 }
 

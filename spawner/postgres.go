@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -165,6 +166,25 @@ func superuserPassword(silo config.Silo, paths config.SiloPaths) (string, error)
 		return "", fmt.Errorf("writing the generated superuser password: %w", err)
 	}
 	return pw, nil
+}
+
+// provisionPassword makes sure a silo without superuser_password_file has
+// its generated password file, creating <state_dir>/silos/<name> (0711)
+// when needed. The password exists before the silo's first start, so the
+// operator can connect with it as soon as the proxy runs; bootstrap then
+// uses the same file.
+func provisionPassword(cfg *config.Config, sc config.Silo) error {
+	if sc.SuperuserPasswordFile != "" {
+		return nil
+	}
+	paths := cfg.Paths(sc.Name)
+	for _, d := range []string{filepath.Join(cfg.StateDir, "silos"), paths.Dir} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	_, err := superuserPassword(sc, paths)
+	return err
 }
 
 // ReadPassword returns the superuser password of a silo as the spawner

@@ -296,3 +296,38 @@ func TestDatabaseMarkerSkipsKnownDatabases(t *testing.T) {
 		t.Errorf("a corrupt record reads as %q, want nothing", got)
 	}
 }
+
+func TestProvisionPassword(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Config{StateDir: filepath.Join(t.TempDir(), "state")}
+	silo := config.Silo{Name: "sales"}
+	if err := provisionPassword(cfg, silo); err != nil {
+		t.Fatal(err)
+	}
+	paths := cfg.Paths("sales")
+	st, err := os.Stat(paths.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o711 {
+		t.Errorf("silo directory mode %v, want 0711", st.Mode().Perm())
+	}
+	pw, err := ReadPassword(cfg, &silo)
+	if err != nil {
+		t.Fatalf("no password after provisioning: %v", err)
+	}
+	if err := provisionPassword(cfg, silo); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := ReadPassword(cfg, &silo); again != pw {
+		t.Error("provisioning twice replaced the password")
+	}
+
+	own := config.Silo{Name: "own", Settings: config.Settings{SuperuserPasswordFile: "/nonexistent/pw"}}
+	if err := provisionPassword(cfg, own); err != nil {
+		t.Fatalf("a silo with superuser_password_file: %v", err)
+	}
+	if _, err := os.Stat(cfg.Paths("own").PasswordFile); err == nil {
+		t.Error("a password was generated for a silo that has superuser_password_file")
+	}
+}
