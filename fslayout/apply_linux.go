@@ -399,7 +399,7 @@ func (a *assembler) restrict(e mountErr, target string, flags uintptr, recursive
 		return &e
 	}
 	e.Op = "remount"
-	all := unix.MS_REMOUNT | unix.MS_BIND | flags | lockedFlags(sfs.Flags)
+	all := unix.MS_REMOUNT | unix.MS_BIND | flags | lockedFlags(int64(sfs.Flags))
 	if err := mount(e, "", procFD(fd), "", all, ""); err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ func TestMountFlags(t *testing.T) {
 		{unix.MS_BIND | unix.MS_REC, "MS_BIND|MS_REC"},
 		{unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV, "MS_RDONLY|MS_NOSUID|MS_NODEV|MS_REMOUNT|MS_BIND"},
 		{unix.MS_REC | unix.MS_PRIVATE, "MS_REC|MS_PRIVATE"},
-		{unix.MS_BIND | 1<<40, "MS_BIND|0x10000000000"},
+		{unix.MS_BIND | 1<<31, "MS_BIND|0x80000000"},
 	}
 	for _, tc := range cases {
 		if got := MountFlags(tc.flags); got != tc.want {
