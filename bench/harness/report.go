@@ -463,11 +463,11 @@ func (r *results) table(w io.Writer) {
 		r.Settings["rounds"], r.Settings["duration_s"], r.Settings["scale"])
 
 	if len(r.Points) > 0 {
-		fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s | %7s %7s | %6s %6s\n",
-			"", "direct", "", "pgbouncer", "", "proxy", "", "proxy/", "proxy/", "added", "µs", "CPU µs", "/tx")
-		fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s | %7s %7s | %6s %6s\n",
-			"point", "tps", "lat ms", "tps", "lat ms", "tps", "lat ms", "direct", "pgb", "pgb", "proxy", "pgb", "proxy")
-		fmt.Fprintln(w, strings.Repeat("-", 135))
+		fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s %7s | %7s %7s | %6s %6s\n",
+			"", "direct", "", "pgbouncer", "", "proxy", "", "pgb/", "proxy/", "proxy/", "added", "µs", "CPU µs", "/tx")
+		fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s %7s | %7s %7s | %6s %6s\n",
+			"point", "tps", "lat ms", "tps", "lat ms", "tps", "lat ms", "direct", "direct", "pgb", "pgb", "proxy", "pgb", "proxy")
+		fmt.Fprintln(w, strings.Repeat("-", 143))
 		for _, p := range r.Points {
 			get := func(n string) *targetResult {
 				if t := p.Targets[n]; t != nil {
@@ -476,13 +476,14 @@ func (r *results) table(w io.Writer) {
 				return &targetResult{TPS: math.NaN(), LatencyMS: math.NaN()}
 			}
 			d, b, x := get("direct"), get("pgbouncer"), get("proxy")
+			bd, okbd := p.Ratios["pgbouncer/direct"]
 			rd, okd := p.Ratios["proxy/direct"]
 			rb, okb := p.Ratios["proxy/pgbouncer"]
 			ab, oka := p.AddedLatencyUS["pgbouncer"]
 			ax, okx := p.AddedLatencyUS["proxy"]
-			fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s | %7s %7s | %6s %6s\n",
+			fmt.Fprintf(w, "%-14s | %8s %8s | %8s %8s | %8s %8s | %7s %7s %7s | %7s %7s | %6s %6s\n",
 				p.label(), f0(d.TPS), f3(d.LatencyMS), f0(b.TPS), f3(b.LatencyMS), f0(x.TPS), f3(x.LatencyMS),
-				f2(rd, okd), f2(rb, okb), fmt.Sprintf("%.0f", ab)+nd(oka), fmt.Sprintf("%.0f", ax)+nd(okx),
+				f2(bd, okbd), f2(rd, okd), f2(rb, okb), fmt.Sprintf("%.0f", ab)+nd(oka), fmt.Sprintf("%.0f", ax)+nd(okx),
 				cpuCol(b.CPUPerTxUS), cpuCol(x.CPUPerTxUS))
 		}
 		var extra []string
