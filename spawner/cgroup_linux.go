@@ -256,9 +256,21 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 	// why[ctrl] explains, for the warning, why a controller is missing.
 	why := map[string]string{}
 
+	// The cpu controller is joined only for a configured cpu limit. Placed
+	// in a cpu cgroup, all of a silo's backends share one scheduling
+	// weight, as if they were one process competing with every other
+	// process on the host: with no limit asked for, that would throttle a
+	// busy silo to a fraction of what the same postmaster gets outside any
+	// silo. CPU time is still accounted: cpu.stat is a core v2 file, and
+	// on v1 cpuacct is its own controller.
+	wanted := []string{cgroupMemory, cgroupPids}
+	if cgroupLimitSet(cgroupCPU, lim) {
+		wanted = append(wanted, cgroupCPU)
+	}
+
 	onV2 := map[string]bool{}
 	if layout.V2Dir != "" {
-		for ctrl, reason := range h.delegateV2(layout, base, log) {
+		for ctrl, reason := range h.delegateV2(layout, base, wanted, log) {
 			if reason == "" {
 				onV2[ctrl] = true
 			} else {
@@ -282,7 +294,7 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 		}
 	}
 
-	v1 := []string{cgroupMemory, cgroupCPU, cgroupPids}
+	v1 := slices.Clone(wanted)
 	if !onV2[cgroupCPU] {
 		v1 = append(v1, cgroupCPUAcct)
 	}
@@ -311,7 +323,7 @@ func (h *cgroupHost) create(instance, silo string, lim config.Limits, log *slog.
 		}
 	}
 
-	for _, ctrl := range []string{cgroupMemory, cgroupCPU, cgroupPids} {
+	for _, ctrl := range wanted {
 		dir, found := c.ctrl[ctrl]
 		if !found {
 			if cgroupLimitSet(ctrl, lim) {
@@ -499,18 +511,18 @@ func (h *cgroupHost) applyWrites(dir string, writes []cgroupWrite) error {
 // That is only legitimate when <own> belongs to the proxy alone, as with a
 // systemd unit with Delegate=yes; if other processes share it, they are
 // left alone and the controller falls back to v1 or goes without.
-func (h *cgroupHost) delegateV2(layout cgroupLayout, base string, log *slog.Logger) map[string]string {
+func (h *cgroupHost) delegateV2(layout cgroupLayout, base string, wanted []string, log *slog.Logger) map[string]string {
 	out := map[string]string{}
 	own := layout.V2Dir
 	offered, err := h.fs.readFile(filepath.Join(own, "cgroup.controllers"))
 	if err != nil {
-		for _, ctrl := range []string{cgroupMemory, cgroupCPU, cgroupPids} {
+		for _, ctrl := range wanted {
 			out[ctrl] = err.Error()
 		}
 		return out
 	}
 	baseDir := filepath.Join(own, base)
-	for _, ctrl := range []string{cgroupMemory, cgroupCPU, cgroupPids} {
+	for _, ctrl := range wanted {
 		if !slices.Contains(strings.Fields(string(offered)), ctrl) {
 			out[ctrl] = fmt.Sprintf("controller not offered to %s (cgroup.controllers)", own)
 			continue

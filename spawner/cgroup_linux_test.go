@@ -497,6 +497,59 @@ func TestCgroupV2Delegation(t *testing.T) {
 
 // TestCgroupSweep: leftovers of a killed run of the same instance go, busy
 // ones and those of running silos stay, other instances are not touched.
+// TestCgroupCPUOnlyForALimit: without a cpu limit a silo joins no cpu
+// controller (neither v2's cpu, enabled in no subtree_control, nor a v1 cpu
+// hierarchy), so its backends are scheduled like a plain postmaster's; CPU
+// time is still accounted through cpuacct or cpu.stat.
+func TestCgroupCPUOnlyForALimit(t *testing.T) {
+	t.Parallel()
+	const instance = "/var/lib/silo-proxy"
+	base := cgroupInstanceDir(instance)
+	for _, tc := range []struct {
+		name    string
+		cpu     float64
+		wantCPU bool
+	}{{"no limit", 0, false}, {"limit", 0.5, true}} {
+		t.Run("v2 "+tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newCgroupFakeFS("/cg", []string{"cpu", "memory", "pids"})
+			f.addDir("/cg", cgroupFakeSelf, 1)
+			h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg"})
+			log, _ := cgroupTestLogger(t)
+			c, err := h.create(instance, "sales", config.Limits{CPU: tc.cpu, Pids: 10}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, got := c.ctrl[cgroupCPU]
+			enabled := slices.Contains(f.dirs["/cg/"+base].subtree, "cpu")
+			if got != tc.wantCPU || enabled != tc.wantCPU {
+				t.Errorf("cpu controller used = %v, enabled below the instance = %v; want %v", got, enabled, tc.wantCPU)
+			}
+			if c.ctrl[cgroupPids] == "" || c.ctrl[cgroupMemory] == "" {
+				t.Errorf("memory and pids must always be joined: %v", c.ctrl)
+			}
+		})
+		t.Run("v1 "+tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newCgroupFakeFS("/cg", nil, "/v1/cpu", "/v1/cpuacct", "/v1/pids", "/v1/memory")
+			h := cgroupFakeHost(f, cgroupLayout{V1Dirs: map[string]string{
+				cgroupCPU: "/v1/cpu", cgroupCPUAcct: "/v1/cpuacct", cgroupPids: "/v1/pids", cgroupMemory: "/v1/memory"}})
+			log, _ := cgroupTestLogger(t)
+			c, err := h.create(instance, "sales", config.Limits{CPU: tc.cpu}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, got := c.ctrl[cgroupCPU]
+			if got != tc.wantCPU || f.exists("/v1/cpu/"+base+"/sales") != tc.wantCPU {
+				t.Errorf("v1 cpu cgroup used = %v, want %v", got, tc.wantCPU)
+			}
+			if c.ctrl[cgroupCPUAcct] != "/v1/cpuacct/"+base+"/sales" {
+				t.Errorf("cpuacct on %q, want its own leaf for accounting", c.ctrl[cgroupCPUAcct])
+			}
+		})
+	}
+}
+
 func TestCgroupSweep(t *testing.T) {
 	t.Parallel()
 	const instance = "/var/lib/silo-proxy"
@@ -509,7 +562,7 @@ func TestCgroupSweep(t *testing.T) {
 	f.dirs["/cg/"+base+"/busy"].procs = []int{321}
 	h := cgroupFakeHost(f, cgroupLayout{V2Dir: "/cg", V1Dirs: map[string]string{cgroupCPU: "/v1/cpu"}})
 	log, logs := cgroupTestLogger(t)
-	running, err := h.create(instance, "running", config.Limits{}, log)
+	running, err := h.create(instance, "running", config.Limits{CPU: 0.5}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
