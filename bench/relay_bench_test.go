@@ -156,8 +156,9 @@ func (s *silos) Shutdown(context.Context, spawner.StopMode) error     { return n
 
 var _ proxy.Silos = (*silos)(nil)
 
-// startProxy runs a proxy.Server with one silo, "bench", in front of pm.
-func startProxy(tb testing.TB, pm *postmaster) string {
+// startProxy runs a proxy.Server with one silo, "bench", in front of pm,
+// relaying plaintext sessions as relay says.
+func startProxy(tb testing.TB, pm *postmaster, relay proxy.RelayMode) string {
 	tb.Helper()
 	cfg := &config.Config{
 		Path:   filepath.Join(tb.TempDir(), "silo-proxy.yaml"),
@@ -165,7 +166,7 @@ func startProxy(tb testing.TB, pm *postmaster) string {
 		TLS:    config.TLS{Mode: config.TLSDisable},
 		Silos:  []config.Silo{{Name: "bench", Databases: []string{"bench"}}},
 	}
-	srv, err := proxy.New(cfg, &silos{socket: pm.unixPath}, proxy.Options{})
+	srv, err := proxy.New(cfg, &silos{socket: pm.unixPath}, proxy.Options{Relay: relay})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -182,13 +183,20 @@ func startProxy(tb testing.TB, pm *postmaster) string {
 
 // paths are the ways a client reaches the fake postmaster: straight over
 // TCP, straight over its Unix socket, and through the proxy (TCP to the
-// proxy, Unix socket from the proxy).
+// proxy, Unix socket from the proxy) with its relay loop and with the
+// goroutine relay. The fake postmaster and the clients run in the
+// benchmark's process, on Go's poller, where the goroutine relay hands
+// bytes from goroutine to goroutine on one thread; the relay loop's
+// thread has to wake them as a real client and postmaster in other
+// processes always must be woken. Single-client latencies here therefore
+// favour the goroutine relay; bench/run.sh measures the real topology.
 func paths(b *testing.B) []struct{ name, network, addr string } {
 	pm := startPostmaster(b)
 	return []struct{ name, network, addr string }{
 		{"direct-tcp", "tcp", pm.tcpAddr},
 		{"direct-unix", "unix", pm.unixPath},
-		{"proxy", "tcp", startProxy(b, pm)},
+		{"proxy", "tcp", startProxy(b, pm, proxy.RelayLoop)},
+		{"proxy-goroutines", "tcp", startProxy(b, pm, proxy.RelayGoroutines)},
 	}
 }
 

@@ -467,3 +467,15 @@ func frontendOf(c net.Conn) *pgproto3.Frontend {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// forEachRelay runs f as a parallel subtest once per relay mode, with
+// Options selecting it.
+func forEachRelay(t *testing.T, f func(t *testing.T, opts Options)) {
+	t.Helper()
+	for _, m := range []RelayMode{RelayLoop, RelayGoroutines} {
+		t.Run("relay="+m.String(), func(t *testing.T) {
+			t.Parallel()
+			f(t, Options{Relay: m})
+		})
+	}
+}

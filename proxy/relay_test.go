@@ -51,6 +51,16 @@ func unixPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 	return a, b
 }
 
+// clientPair returns both ends of a client connection of kind "tcp" or
+// "unix": the client's and the proxy's.
+func clientPair(t testing.TB, kind string) (net.Conn, net.Conn) {
+	t.Helper()
+	if kind == "tcp" {
+		return tcpPair(t)
+	}
+	return unixPair(t)
+}
+
 // TestCopierCountsAndHalfCloses relays client->server over TCP->Unix (the
 // splice path) and Unix->Unix (the buffered path): every byte arrives, the
 // count is exact, and the source's EOF becomes a half-close of the
@@ -60,12 +70,7 @@ func TestCopierCountsAndHalfCloses(t *testing.T) {
 	for _, kind := range []string{"tcp", "unix"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			var client, proxyClient net.Conn
-			if kind == "tcp" {
-				client, proxyClient = tcpPair(t)
-			} else {
-				client, proxyClient = unixPair(t)
-			}
+			client, proxyClient := clientPair(t, kind)
 			proxyServer, server := unixPair(t)
 			cp := &copier{dst: proxyServer, src: proxyClient}
 			if !splices(proxyClient) {
@@ -133,45 +138,60 @@ func TestCopierErrorClosesBoth(t *testing.T) {
 }
 
 // BenchmarkRelay measures the raw phase of a session: a client writes
-// 64 KiB blocks through TCP->Unix (spliced) to an echoing server and reads
-// them back through Unix->TCP.
+// 64 KiB blocks through the proxy to an echoing server and reads them
+// back, TCP or Unix client, with the goroutine relay (TCP->Unix spliced)
+// and with the relay loop. The echoing server runs in this process, on
+// Go's poller: the goroutine relay wakes it without a thread switch,
+// which a postmaster in another process always needs, so this favours the
+// goroutine relay; bench/run.sh measures real clients and postmasters.
 func BenchmarkRelay(b *testing.B) {
-	for _, kind := range []string{"tcp", "unix"} {
-		b.Run(kind, func(b *testing.B) {
-			var client, proxyClient net.Conn
-			if kind == "tcp" {
-				client, proxyClient = tcpPair(b)
-			} else {
-				client, proxyClient = unixPair(b)
-			}
-			proxyServer, server := unixPair(b)
-			go io.Copy(server, server) // echo, as a postmaster answering
-			var bufUp, bufDown []byte
-			if !splices(proxyClient) {
-				bufUp, bufDown = make([]byte, copyBufferSize), make([]byte, copyBufferSize)
-			}
-			up := &copier{dst: proxyServer, src: proxyClient, buf: bufUp}
-			down := &copier{dst: proxyClient, src: proxyServer, buf: bufDown}
-			go up.run()
-			go down.run()
-			block := make([]byte, 64<<10)
-			back := make([]byte, len(block))
-			send := make(chan struct{})
-			defer close(send)
-			go func() {
-				for range send {
-					client.Write(block)
+	for _, relay := range []RelayMode{RelayGoroutines, RelayLoop} {
+		for _, kind := range []string{"tcp", "unix"} {
+			b.Run(relay.String()+"/"+kind, func(b *testing.B) {
+				client, proxyClient := clientPair(b, kind)
+				proxyServer, server := unixPair(b)
+				// A ReadyForQuery first ends the relay's startup scan, as
+				// a postmaster's login does; then echo.
+				go func() {
+					server.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
+					io.Copy(server, server)
+				}()
+				if relay == RelayLoop {
+					ls, err := startLoops()
+					if err != nil || len(ls) == 0 {
+						b.Skipf("no relay loop: %v", err)
+					}
+					go ls[0].relay(proxyClient, proxyServer, loopHooks{linger: time.Second})
+				} else {
+					var bufUp, bufDown []byte
+					if !splices(proxyClient) {
+						bufUp, bufDown = make([]byte, copyBufferSize), make([]byte, copyBufferSize)
+					}
+					go (&copier{dst: proxyServer, src: proxyClient, buf: bufUp}).run()
+					go (&copier{dst: proxyClient, src: proxyServer, buf: bufDown}).run()
 				}
-			}()
-			b.SetBytes(int64(len(block)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				send <- struct{}{}
-				if _, err := io.ReadFull(client, back); err != nil {
+				if _, err := io.ReadFull(client, make([]byte, 6)); err != nil {
 					b.Fatal(err)
 				}
-			}
-		})
+				block := make([]byte, 64<<10)
+				back := make([]byte, len(block))
+				send := make(chan struct{})
+				defer close(send)
+				go func() {
+					for range send {
+						client.Write(block)
+					}
+				}()
+				b.SetBytes(int64(len(block)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					send <- struct{}{}
+					if _, err := io.ReadFull(client, back); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }

@@ -57,6 +57,42 @@ type Options struct {
 	ReloadDebounce time.Duration
 	// SmartStopTimeout defaults to DefaultSmartStopTimeout.
 	SmartStopTimeout time.Duration
+	// Relay selects how plaintext sessions are relayed; the zero value
+	// is RelayLoop. TLS sessions always use RelayGoroutines.
+	Relay RelayMode
+	// ServerEOFLinger defaults to serverEOFLinger; tests shorten it.
+	ServerEOFLinger time.Duration
+}
+
+// RelayMode is how a session's bytes are relayed once the startup packet
+// has been forwarded.
+type RelayMode int
+
+const (
+	// RelayLoop relays plaintext sessions on epoll loops, where the
+	// platform has them (Linux), else on goroutines.
+	RelayLoop RelayMode = iota
+	// RelayGoroutines relays every session with two copier goroutines.
+	RelayGoroutines
+)
+
+// ParseRelayMode parses the names "loop" and "goroutines" (the values of
+// the SILO_PROXY_RELAY environment variable); "" is RelayLoop.
+func ParseRelayMode(s string) (RelayMode, error) {
+	switch s {
+	case "", "loop":
+		return RelayLoop, nil
+	case "goroutines":
+		return RelayGoroutines, nil
+	}
+	return 0, fmt.Errorf("relay mode %q: want loop or goroutines", s)
+}
+
+func (m RelayMode) String() string {
+	if m == RelayGoroutines {
+		return "goroutines"
+	}
+	return "loop"
 }
 
 // Server is the proxy: client listeners, sessions, admin HTTP and reloads.
@@ -89,11 +125,14 @@ type Server struct {
 	adminLn  net.Listener
 	admin    *http.Server
 
-	mu       sync.Mutex
-	closing  bool
-	conns    map[net.Conn]struct{}
-	sessions sync.WaitGroup
-	accepts  sync.WaitGroup
+	mu      sync.Mutex
+	closing bool
+	// conns holds every client connection, with the function that ends
+	// a session a relay loop took over (nil until then).
+	conns       map[net.Conn]func()
+	connsClosed bool // closeConns ran: sessions handed off later end at once
+	sessions    sync.WaitGroup
+	accepts     sync.WaitGroup
 }
 
 // New builds a Server for cfg, routing sessions to silos. It binds nothing
@@ -117,6 +156,9 @@ func New(cfg *config.Config, silos Silos, opts Options) (*Server, error) {
 	if opts.SmartStopTimeout <= 0 {
 		opts.SmartStopTimeout = DefaultSmartStopTimeout
 	}
+	if opts.ServerEOFLinger <= 0 {
+		opts.ServerEOFLinger = serverEOFLinger
+	}
 	s := &Server{
 		log:     opts.Logger,
 		silos:   silos,
@@ -124,7 +166,7 @@ func New(cfg *config.Config, silos Silos, opts Options) (*Server, error) {
 		opts:    opts,
 		cancels: newCancelMap(),
 		boot:    cfg,
-		conns:   make(map[net.Conn]struct{}),
+		conns:   make(map[net.Conn]func()),
 	}
 	if cfg.TLS.Mode == config.TLSAllow || cfg.TLS.Mode == config.TLSRequire {
 		if err := s.certs.load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
@@ -274,8 +316,21 @@ func (s *Server) track(c net.Conn) bool {
 	if s.closing {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	return true
+}
+
+// handOff records that a relay loop now carries c's session and that
+// abort ends it: c itself is about to be closed.
+func (s *Server) handOff(c net.Conn, abort func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; ok {
+		s.conns[c] = abort
+	}
+	if s.connsClosed {
+		abort()
+	}
 }
 
 func (s *Server) untrack(c net.Conn) {
@@ -385,8 +440,13 @@ func (s *Server) waitSessions(ctx context.Context, d time.Duration) bool {
 func (s *Server) closeConns() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.Close()
+	s.connsClosed = true
+	for c, abort := range s.conns {
+		if abort != nil {
+			abort()
+		} else {
+			c.Close()
+		}
 	}
 }
 

@@ -43,36 +43,38 @@ func queryText(t *testing.T, c *pgconn.PgConn, sql string) string {
 // the proxy to two fake postmasters and checks each reached its own.
 func TestSessionsRouteToTheirSilo(t *testing.T) {
 	t.Parallel()
-	env := startEnv(t, testConfig(t, false), Options{})
-	for _, tc := range []struct{ db, silo string }{{"a", "a"}, {"b", "b"}, {"anything", "b"}} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := pgconn.Connect(ctx, connString(env.srv, tc.db, ""))
-		cancel()
-		if err != nil {
-			t.Fatalf("connect %s: %v", tc.db, err)
+	forEachRelay(t, func(t *testing.T, opts Options) {
+		env := startEnv(t, testConfig(t, false), opts)
+		for _, tc := range []struct{ db, silo string }{{"a", "a"}, {"b", "b"}, {"anything", "b"}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c, err := pgconn.Connect(ctx, connString(env.srv, tc.db, ""))
+			cancel()
+			if err != nil {
+				t.Fatalf("connect %s: %v", tc.db, err)
+			}
+			if got := queryText(t, c, "select '"+tc.db+"'"); got != "select '"+tc.db+"'" {
+				t.Fatalf("query echoed %q", got)
+			}
+			before := len(env.pm[tc.silo].startupPackets())
+			if before == 0 {
+				t.Fatalf("database %s did not reach silo %s", tc.db, tc.silo)
+			}
+			c.Close(context.Background())
 		}
-		if got := queryText(t, c, "select '"+tc.db+"'"); got != "select '"+tc.db+"'" {
-			t.Fatalf("query echoed %q", got)
+		waitFor(t, "leases released", func() bool { return env.silos.leases("a") == 0 && env.silos.leases("b") == 0 })
+		waitFor(t, "cancel map emptied", func() bool { return env.srv.cancels.len() == 0 })
+		m := env.srv.Metrics()
+		if got := testutil.ToFloat64(m.connections.WithLabelValues("b", resultOK)); got != 2 {
+			t.Fatalf("connections_total{silo=b,result=ok} = %v, want 2", got)
 		}
-		before := len(env.pm[tc.silo].startupPackets())
-		if before == 0 {
-			t.Fatalf("database %s did not reach silo %s", tc.db, tc.silo)
+		waitFor(t, "relay bytes counted", func() bool {
+			return testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirClientToServer)) > 0 &&
+				testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirServerToClient)) > 0
+		})
+		if got := testutil.ToFloat64(m.clientConnections.WithLabelValues("a")); got != 0 {
+			t.Fatalf("client_connections{silo=a} = %v after the session ended", got)
 		}
-		c.Close(context.Background())
-	}
-	waitFor(t, "leases released", func() bool { return env.silos.leases("a") == 0 && env.silos.leases("b") == 0 })
-	waitFor(t, "cancel map emptied", func() bool { return env.srv.cancels.len() == 0 })
-	m := env.srv.Metrics()
-	if got := testutil.ToFloat64(m.connections.WithLabelValues("b", resultOK)); got != 2 {
-		t.Fatalf("connections_total{silo=b,result=ok} = %v, want 2", got)
-	}
-	waitFor(t, "relay bytes counted", func() bool {
-		return testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirClientToServer)) > 0 &&
-			testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirServerToClient)) > 0
 	})
-	if got := testutil.ToFloat64(m.clientConnections.WithLabelValues("a")); got != 0 {
-		t.Fatalf("client_connections{silo=a} = %v after the session ended", got)
-	}
 }
 
 // TestStartupForwardedByteForByte sends a startup packet with duplicate
@@ -97,42 +99,44 @@ func TestStartupForwardedByteForByte(t *testing.T) {
 // postmaster and its answer come back.
 func TestPipelinedQueryNotLost(t *testing.T) {
 	t.Parallel()
-	env := startEnv(t, testConfig(t, false), Options{})
-	for _, via := range []string{"tcp", "unix"} {
-		t.Run(via, func(t *testing.T) {
-			var c net.Conn
-			if via == "tcp" {
-				c = dialProxy(t, env.srv)
-			} else {
-				env := startEnv(t, withUnixSocket(t, testConfig(t, false)), Options{})
-				var err error
-				c, err = net.Dial("unix", env.srv.UnixSocketPath())
-				if err != nil {
+	forEachRelay(t, func(t *testing.T, opts Options) {
+		env := startEnv(t, testConfig(t, false), opts)
+		for _, via := range []string{"tcp", "unix"} {
+			t.Run(via, func(t *testing.T) {
+				var c net.Conn
+				if via == "tcp" {
+					c = dialProxy(t, env.srv)
+				} else {
+					env := startEnv(t, withUnixSocket(t, testConfig(t, false)), opts)
+					var err error
+					c, err = net.Dial("unix", env.srv.UnixSocketPath())
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+				}
+				out := startupPacket(ProtocolVersion30, "user", "u", "database", "a")
+				out, _ = (&pgproto3.Query{String: "pipelined one"}).Encode(out)
+				out, _ = (&pgproto3.Query{String: "pipelined two"}).Encode(out)
+				if _, err := c.Write(out); err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-			}
-			out := startupPacket(ProtocolVersion30, "user", "u", "database", "a")
-			out, _ = (&pgproto3.Query{String: "pipelined one"}).Encode(out)
-			out, _ = (&pgproto3.Query{String: "pipelined two"}).Encode(out)
-			if _, err := c.Write(out); err != nil {
-				t.Fatal(err)
-			}
-			readBackend(t, c, 'Z') // startup
-			for _, want := range []string{"pipelined one", "pipelined two"} {
-				msgs := readBackend(t, c, 'Z')
-				var got string
-				for _, m := range msgs {
-					if d, ok := m.(*pgproto3.DataRow); ok {
-						got = string(d.Values[0])
+				readBackend(t, c, 'Z') // startup
+				for _, want := range []string{"pipelined one", "pipelined two"} {
+					msgs := readBackend(t, c, 'Z')
+					var got string
+					for _, m := range msgs {
+						if d, ok := m.(*pgproto3.DataRow); ok {
+							got = string(d.Values[0])
+						}
+					}
+					if got != want {
+						t.Fatalf("answer %q, want %q", got, want)
 					}
 				}
-				if got != want {
-					t.Fatalf("answer %q, want %q", got, want)
-				}
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 func TestRejectionsBeforeRelay(t *testing.T) {
@@ -217,62 +221,64 @@ func TestMaxClients(t *testing.T) {
 
 func TestCancelRouting(t *testing.T) {
 	t.Parallel()
-	env := startEnv(t, testConfig(t, false), Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := pgconn.Connect(ctx, connString(env.srv, "a", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	// Another session in the other silo with the same pid: the fake
-	// postmasters number pids alike, as separate pid namespaces do.
-	other, err := pgconn.Connect(ctx, connString(env.srv, "b", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close(context.Background())
-	if c.PID() != other.PID() {
-		t.Fatalf("test assumes equal pids, got %d and %d", c.PID(), other.PID())
-	}
+	forEachRelay(t, func(t *testing.T, opts Options) {
+		env := startEnv(t, testConfig(t, false), opts)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, connString(env.srv, "a", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		// Another session in the other silo with the same pid: the fake
+		// postmasters number pids alike, as separate pid namespaces do.
+		other, err := pgconn.Connect(ctx, connString(env.srv, "b", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close(context.Background())
+		if c.PID() != other.PID() {
+			t.Fatalf("test assumes equal pids, got %d and %d", c.PID(), other.PID())
+		}
 
-	// A forged key with the right pid cancels nothing.
-	forged := cancelPacket(c.PID(), []byte{0, 0, 0, 0})
-	fc := dialProxy(t, env.srv)
-	fc.Write(forged)
-	fc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fc.Read(make([]byte, 1)); err == nil {
-		t.Fatal("the proxy answered a cancel request")
-	}
-	m := env.srv.Metrics()
-	if got := testutil.ToFloat64(m.cancelRequests.WithLabelValues("unknown_key")); got != 1 {
-		t.Fatalf("cancel_requests_total{unknown_key} = %v", got)
-	}
+		// A forged key with the right pid cancels nothing.
+		forged := cancelPacket(c.PID(), []byte{0, 0, 0, 0})
+		fc := dialProxy(t, env.srv)
+		fc.Write(forged)
+		fc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fc.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the proxy answered a cancel request")
+		}
+		m := env.srv.Metrics()
+		if got := testutil.ToFloat64(m.cancelRequests.WithLabelValues("unknown_key")); got != 1 {
+			t.Fatalf("cancel_requests_total{unknown_key} = %v", got)
+		}
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Exec(ctx, "select sleep").ReadAll()
-		done <- err
-	}()
-	time.Sleep(50 * time.Millisecond) // let the query reach the postmaster
-	if err := c.CancelRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
-	err = <-done
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-		t.Fatalf("cancelled query: %v, want 57014", err)
-	}
-	if a, _ := env.pm["a"].cancelCounts(); a != 1 {
-		t.Fatalf("silo a saw %d matching cancels", a)
-	}
-	if b, bad := env.pm["b"].cancelCounts(); b != 0 || bad != 0 {
-		t.Fatalf("silo b saw cancels (%d matching, %d not): routing by pid alone", b, bad)
-	}
-	if got := testutil.ToFloat64(m.cancelRequests.WithLabelValues("forwarded")); got != 1 {
-		t.Fatalf("cancel_requests_total{forwarded} = %v", got)
-	}
-	queryText(t, other, "other session unaffected")
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Exec(ctx, "select sleep").ReadAll()
+			done <- err
+		}()
+		time.Sleep(50 * time.Millisecond) // let the query reach the postmaster
+		if err := c.CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		err = <-done
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+			t.Fatalf("cancelled query: %v, want 57014", err)
+		}
+		if a, _ := env.pm["a"].cancelCounts(); a != 1 {
+			t.Fatalf("silo a saw %d matching cancels", a)
+		}
+		if b, bad := env.pm["b"].cancelCounts(); b != 0 || bad != 0 {
+			t.Fatalf("silo b saw cancels (%d matching, %d not): routing by pid alone", b, bad)
+		}
+		if got := testutil.ToFloat64(m.cancelRequests.WithLabelValues("forwarded")); got != 1 {
+			t.Fatalf("cancel_requests_total{forwarded} = %v", got)
+		}
+		queryText(t, other, "other session unaffected")
+	})
 }
 
 // TestCancelLongKey runs a protocol-3.2 style 32-byte secret through the
@@ -467,23 +473,25 @@ func TestShutdownSmartWaitsForSessions(t *testing.T) {
 
 func TestShutdownImmediateClosesSessions(t *testing.T) {
 	t.Parallel()
-	env := startEnv(t, testConfig(t, false), Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pgconn.Connect(ctx, connString(env.srv, "a", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if err := env.srv.Shutdown(ctx, spawner.StopImmediate, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "after").ReadAll(); err == nil {
-		t.Fatal("session survived an immediate shutdown")
-	}
-	if env.silos.leases("a") != 0 {
-		t.Fatal("lease not released")
-	}
+	forEachRelay(t, func(t *testing.T, opts Options) {
+		env := startEnv(t, testConfig(t, false), opts)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, connString(env.srv, "a", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if err := env.srv.Shutdown(ctx, spawner.StopImmediate, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "after").ReadAll(); err == nil {
+			t.Fatal("session survived an immediate shutdown")
+		}
+		if env.silos.leases("a") != 0 {
+			t.Fatal("lease not released")
+		}
+	})
 }
 
 // BenchmarkSessionSetup measures one whole short session through the
@@ -538,29 +546,31 @@ func BenchmarkSessionSetup(b *testing.B) {
 // without waiting for sessions, and closes what remains.
 func TestShutdownFast(t *testing.T) {
 	t.Parallel()
-	env := startEnv(t, testConfig(t, false), Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := pgconn.Connect(ctx, connString(env.srv, "b", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if err := env.srv.Shutdown(ctx, spawner.StopFast, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	env.silos.mu.Lock()
-	modes := append([]spawner.StopMode(nil), env.silos.shutdowns...)
-	env.silos.mu.Unlock()
-	if len(modes) != 1 || modes[0] != spawner.StopFast {
-		t.Fatalf("silo shutdowns %v, want one fast", modes)
-	}
-	if _, err := c.Exec(ctx, "after").ReadAll(); err == nil {
-		t.Fatal("session survived the shutdown")
-	}
-	if env.silos.leases("b") != 0 || env.srv.Ready() {
-		t.Fatal("lease kept or still ready after shutdown")
-	}
+	forEachRelay(t, func(t *testing.T, opts Options) {
+		env := startEnv(t, testConfig(t, false), opts)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, connString(env.srv, "b", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if err := env.srv.Shutdown(ctx, spawner.StopFast, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		env.silos.mu.Lock()
+		modes := append([]spawner.StopMode(nil), env.silos.shutdowns...)
+		env.silos.mu.Unlock()
+		if len(modes) != 1 || modes[0] != spawner.StopFast {
+			t.Fatalf("silo shutdowns %v, want one fast", modes)
+		}
+		if _, err := c.Exec(ctx, "after").ReadAll(); err == nil {
+			t.Fatal("session survived the shutdown")
+		}
+		if env.silos.leases("b") != 0 || env.srv.Ready() {
+			t.Fatal("lease kept or still ready after shutdown")
+		}
+	})
 }
 
 // TestStartFailureReleasesListeners checks that a Start that fails half
@@ -600,4 +610,26 @@ func freeTCPAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+func TestParseRelayMode(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want RelayMode
+		ok   bool
+	}{
+		{"", RelayLoop, true},
+		{"loop", RelayLoop, true},
+		{"goroutines", RelayGoroutines, true},
+		{"splice", 0, false},
+		{"Loop", 0, false},
+	} {
+		got, err := ParseRelayMode(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && got != tc.want) {
+			t.Errorf("ParseRelayMode(%q) = %v, %v", tc.in, got, err)
+		}
+		if tc.ok && tc.in != "" && got.String() != tc.in {
+			t.Errorf("%v.String() = %q, want %q", got, got.String(), tc.in)
+		}
+	}
 }

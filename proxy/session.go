@@ -330,6 +330,11 @@ func (ss *session) run(startup []byte) (c2s, s2c int64, err error) {
 	if _, err := ss.server.Write(startup); err != nil {
 		return 0, 0, fmt.Errorf("sending startup packet to postmaster: %w", err)
 	}
+	if ss.srv.opts.Relay == RelayLoop {
+		if c2s, s2c, ok, err := ss.loopRelay(); ok {
+			return c2s, s2c, err
+		}
+	}
 
 	up := &copier{dst: ss.server, src: ss.client}
 	var upBuf, downBuf *[]byte
@@ -372,7 +377,7 @@ func (ss *session) run(startup []byte) (c2s, s2c int64, err error) {
 	if err == nil {
 		// The postmaster closed the session; the client cannot send it
 		// anything more. Let it read what was sent, then cut it off.
-		ss.client.SetReadDeadline(time.Now().Add(serverEOFLinger))
+		ss.client.SetReadDeadline(time.Now().Add(ss.srv.opts.ServerEOFLinger))
 	}
 	<-upDone
 	ss.client.Close()

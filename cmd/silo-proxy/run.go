@@ -24,6 +24,10 @@ const (
 	immediateStopBudget = 20 * time.Second
 )
 
+// relayEnv selects the relay of plaintext sessions: loop (the default) or
+// goroutines (docs/operations.md).
+const relayEnv = "SILO_PROXY_RELAY"
+
 // cmdRun wires config, spawner and proxy together and serves until a
 // signal ends it:
 //
@@ -57,6 +61,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
+	relay, err := proxy.ParseRelayMode(os.Getenv(relayEnv))
+	if err != nil {
+		fmt.Fprintf(stderr, "silo-proxy run: %s: %v\n", relayEnv, err)
+		return exitUsage
+	}
+
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -64,7 +74,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	mode, why := spawner.DetectMode()
 	log.Info("starting silo-proxy", "version", versionString(), "config", cfg.Path, "silos", len(cfg.Silos),
-		"mode", fmt.Sprint(mode), "why", why)
+		"mode", fmt.Sprint(mode), "why", why, "relay", relay.String())
 
 	metrics := proxy.NewMetrics()
 	mgr, err := spawner.New(cfg, spawner.Options{Logger: log.With("component", "spawner"), Observer: metrics})
@@ -77,6 +87,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		Metrics:     metrics,
 		LoadConfig:  config.Load,
 		WatchConfig: true,
+		Relay:       relay,
 	})
 	if err != nil {
 		log.Error("cannot start the proxy", "err", err)

@@ -100,3 +100,16 @@ func TestRunInvalidConfig(t *testing.T) {
 		t.Fatalf("stderr %q does not name the file", errOut.String())
 	}
 }
+
+// TestRunRelayEnv checks that an unknown SILO_PROXY_RELAY is a usage
+// error naming the variable, before any configuration is read.
+func TestRunRelayEnv(t *testing.T) {
+	t.Setenv(relayEnv, "splice")
+	var out, errOut bytes.Buffer
+	if code := cmdRun([]string{"--config", "/nonexistent/silo-proxy.yaml"}, &out, &errOut); code != exitUsage {
+		t.Fatalf("exit %d, want %d", code, exitUsage)
+	}
+	if !strings.Contains(errOut.String(), relayEnv) || !strings.Contains(errOut.String(), `"splice"`) {
+		t.Fatalf("stderr %q does not name the variable and value", errOut.String())
+	}
+}

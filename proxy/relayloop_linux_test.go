@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// loopResult is what relay returned.
+type loopResult struct {
+	c2s, s2c int64
+	err      error
+}
+
+// loopPair connects a test client and a test postmaster through a relay
+// loop: client is the client's end (TCP or Unix), server the postmaster's.
+// prep runs on the proxy's ends before the loop takes them.
+type loopPair struct {
+	client, server net.Conn
+	key            chan []byte
+	abort          chan func()
+	done           chan loopResult
+}
+
+func startLoopPair(t *testing.T, kind string, linger time.Duration, prep func(pc, ps net.Conn)) *loopPair {
+	t.Helper()
+	ls, err := startLoops()
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("relay loops: %v", err)
+	}
+	client, proxyClient := clientPair(t, kind)
+	proxyServer, server := unixPair(t)
+	if prep != nil {
+		prep(proxyClient, proxyServer)
+	}
+	p := &loopPair{client: client, server: server, key: make(chan []byte, 1),
+		abort: make(chan func(), 1), done: make(chan loopResult, 1)}
+	go func() {
+		c2s, s2c, err := ls[0].relay(proxyClient, proxyServer, loopHooks{
+			onKey:   func(k []byte) { p.key <- append([]byte(nil), k...) },
+			handOff: func(abort func()) { p.abort <- abort },
+			linger:  linger,
+		})
+		p.done <- loopResult{c2s, s2c, err}
+	}()
+	return p
+}
+
+func (p *loopPair) wait(t *testing.T, within time.Duration) loopResult {
+	t.Helper()
+	select {
+	case r := <-p.done:
+		return r
+	case <-time.After(within):
+		t.Fatalf("relay did not end within %v", within)
+		return loopResult{}
+	}
+}
+
+// readyForQuery is a ReadyForQuery message, which ends the startup scan.
+var readyForQuery = []byte{'Z', 0, 0, 0, 5, 'I'}
+
+// pattern returns n bytes that show any loss, duplication or reordering.
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i/7) ^ byte(i) ^ seed
+	}
+	return b
+}
+
+// TestLoopRelayBulkBothWays streams several MiB each way at once through
+// small socket buffers and slow readers, so that writes come up short and
+// the pending path runs: every byte arrives in order, the counts are
+// exact, and each end of stream is passed on as a half-close.
+func TestLoopRelayBulkBothWays(t *testing.T) {
+	for _, kind := range []string{"tcp", "unix"} {
+		t.Run(kind, func(t *testing.T) {
+			stalls := loopStalls.Load()
+			p := startLoopPair(t, kind, time.Minute, func(pc, ps net.Conn) {
+				pc.(interface{ SetWriteBuffer(int) error }).SetWriteBuffer(4096)
+				ps.(interface{ SetWriteBuffer(int) error }).SetWriteBuffer(4096)
+			})
+			up := pattern(3<<20, 1)
+			down := append(append([]byte(nil), readyForQuery...), pattern(3<<20, 2)...)
+			var wg sync.WaitGroup
+			var gotUp, gotDown []byte
+			var upErr, downErr error
+			slowRead := func(c net.Conn, into *[]byte, errp *error) {
+				defer wg.Done()
+				buf := make([]byte, 1500)
+				for i := 0; ; i++ {
+					if i < 200 {
+						time.Sleep(100 * time.Microsecond)
+					}
+					n, err := c.Read(buf)
+					*into = append(*into, buf[:n]...)
+					if err != nil {
+						if !errors.Is(err, io.EOF) {
+							*errp = err
+						}
+						return
+					}
+				}
+			}
+			wg.Add(2)
+			go slowRead(p.server, &gotUp, &upErr)
+			go slowRead(p.client, &gotDown, &downErr)
+			go func() {
+				p.client.Write(up)
+				p.client.(closeWriter).CloseWrite()
+			}()
+			go func() {
+				p.server.Write(down)
+				p.server.(closeWriter).CloseWrite()
+			}()
+			wg.Wait()
+			if upErr != nil || downErr != nil {
+				t.Fatalf("read errors: up %v, down %v", upErr, downErr)
+			}
+			if !bytes.Equal(gotUp, up) {
+				t.Fatalf("client->server: got %d bytes, want %d, equal prefix %d", len(gotUp), len(up), commonPrefix(gotUp, up))
+			}
+			if !bytes.Equal(gotDown, down) {
+				t.Fatalf("server->client: got %d bytes, want %d, equal prefix %d", len(gotDown), len(down), commonPrefix(gotDown, down))
+			}
+			r := p.wait(t, 10*time.Second)
+			if r.err != nil || r.c2s != int64(len(up)) || r.s2c != int64(len(down)) {
+				t.Fatalf("relay returned %d, %d, %v; want %d, %d, nil", r.c2s, r.s2c, r.err, len(up), len(down))
+			}
+			if loopStalls.Load() == stalls {
+				t.Fatal("no write came up short: the pending path did not run")
+			}
+		})
+	}
+}
+
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// TestLoopRelayBackendKey sends the postmaster's startup messages in
+// pieces that split BackendKeyData: the key reaches the cancel hook once,
+// and the client gets the bytes unchanged.
+func TestLoopRelayBackendKey(t *testing.T) {
+	p := startLoopPair(t, "tcp", time.Minute, nil)
+	defer p.client.Close()
+	msgs := []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0} // AuthenticationOk
+	msgs = append(msgs, 'K', 0, 0, 0, 12)
+	msgs = binary.BigEndian.AppendUint32(msgs, 4242)
+	msgs = append(msgs, 0xde, 0xad, 0xbe, 0xef)
+	msgs = append(msgs, readyForQuery...)
+	msgs = append(msgs, 'K', 0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9) // after ReadyForQuery: not scanned
+	for _, piece := range [][]byte{msgs[:7], msgs[7:12], msgs[12:16], msgs[16:]} {
+		p.server.Write(piece)
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := make([]byte, len(msgs))
+	p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(p.client, got); err != nil || !bytes.Equal(got, msgs) {
+		t.Fatalf("client got %x, %v; want %x", got, err, msgs)
+	}
+	select {
+	case k := <-p.key:
+		if want := []byte{0, 0, 0x10, 0x92, 0xde, 0xad, 0xbe, 0xef}; !bytes.Equal(k, want) {
+			t.Fatalf("key %x, want %x", k, want)
+		}
+	default:
+		t.Fatal("no BackendKeyData reported")
+	}
+	p.server.Close()
+	p.client.Close()
+	p.wait(t, 10*time.Second)
+	if len(p.key) != 0 {
+		t.Fatal("key reported twice")
+	}
+}
+
+// TestLoopRelayEnds covers every way a loop session ends: each must end
+// the relay, close both proxy ends, and report an error only for a broken
+// postmaster stream.
+func TestLoopRelayEnds(t *testing.T) {
+	const linger = 200 * time.Millisecond
+	tests := []struct {
+		name    string
+		act     func(t *testing.T, p *loopPair)
+		wantErr bool
+		// minimum time the relay must take (the linger)
+		atLeast time.Duration
+	}{
+		{name: "abort of an idle session", act: func(t *testing.T, p *loopPair) {
+			(<-p.abort)()
+		}},
+		{name: "client closes first", act: func(t *testing.T, p *loopPair) {
+			p.client.Close()
+			p.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(p.server); err != nil {
+				t.Errorf("postmaster did not see EOF: %v", err)
+			}
+			p.server.Close()
+		}},
+		{name: "client resets", act: func(t *testing.T, p *loopPair) {
+			p.client.(*net.TCPConn).SetLinger(0)
+			p.client.Close()
+		}},
+		{name: "postmaster closes, client lingers", atLeast: linger, act: func(t *testing.T, p *loopPair) {
+			p.server.Write(readyForQuery)
+			p.server.Close()
+			p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(p.client)
+			if err != nil || !bytes.Equal(got, readyForQuery) {
+				t.Errorf("client read %x, %v; want the message, then EOF", got, err)
+			}
+		}},
+		{name: "broken postmaster stream", wantErr: true, act: func(t *testing.T, p *loopPair) {
+			p.server.Write([]byte{'R', 0, 0, 0, 2})
+			p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, _ := io.ReadAll(p.client)
+			if !bytes.Equal(got, []byte{'R', 0, 0, 0, 2}) {
+				t.Errorf("client got %x before the close", got)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startLoopPair(t, "tcp", linger, nil)
+			begin := time.Now()
+			tc.act(t, p)
+			r := p.wait(t, 10*time.Second)
+			if (r.err != nil) != tc.wantErr {
+				t.Fatalf("relay error %v, want error: %v", r.err, tc.wantErr)
+			}
+			if d := time.Since(begin); d < tc.atLeast {
+				t.Fatalf("relay ended after %v, before the linger of %v", d, tc.atLeast)
+			}
+			// The proxy's ends are closed: the client sees the end.
+			p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(p.client); err != nil && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+				t.Fatalf("client end not closed: %v", err)
+			}
+		})
+	}
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "read"
+}
