@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,6 +72,7 @@ type loopSession struct {
 	scan           backendScanner
 	ready          bool // the first ReadyForQuery went by
 	onKey          func([]byte)
+	up, down       prometheus.Counter // may be nil
 	lingerFor      time.Duration
 	linger         *time.Timer
 
@@ -197,6 +199,8 @@ func (ss *session) loopRelay() (c2s, s2c int64, ok bool, err error) {
 		},
 		handOff: func(abort func()) { ss.srv.handOff(ss.client, abort) },
 		linger:  ss.srv.opts.ServerEOFLinger,
+		up:      ss.up,
+		down:    ss.down,
 	})
 	return c2s, s2c, true, err
 }
@@ -212,6 +216,10 @@ type loopHooks struct {
 	// linger is how long the client may keep its side open after the
 	// postmaster closed the session.
 	linger time.Duration
+	// up and down, when set, count the bytes read from the client and
+	// from the postmaster as they are read, so that the byte counters of
+	// long sessions move while they last.
+	up, down prometheus.Counter
 }
 
 // relay relays client and server (a *net.TCPConn or *net.UnixConn and
@@ -230,7 +238,7 @@ func (l *relayLoop) relay(client, server net.Conn, h loopHooks) (c2s, s2c int64,
 		closeConns(client, server)
 		return 0, 0, err
 	}
-	sess := &loopSession{done: make(chan struct{}), onKey: h.onKey, lingerFor: h.linger}
+	sess := &loopSession{done: make(chan struct{}), onKey: h.onKey, lingerFor: h.linger, up: h.up, down: h.down}
 	sess.client = loopSide{fd: cfd, sess: sess, peer: &sess.server}
 	sess.server = loopSide{fd: sfd, sess: sess, peer: &sess.client, fromSrv: true}
 	// From here the duplicates carry the session: Shutdown reaches it
@@ -443,6 +451,9 @@ func (l *relayLoop) readFrom(s *loopSide) {
 	p := l.buf[:n]
 	if s.fromSrv {
 		sess.s2c += int64(n)
+		if sess.down != nil {
+			sess.down.Add(float64(n))
+		}
 		if !sess.ready {
 			end, serr := sess.scan.scan(p)
 			if k := sess.scan.cancelKey(); k != nil && sess.onKey != nil {
@@ -460,6 +471,9 @@ func (l *relayLoop) readFrom(s *loopSide) {
 		}
 	} else {
 		sess.c2s += int64(n)
+		if sess.up != nil {
+			sess.up.Add(float64(n))
+		}
 	}
 	w, err := rawSend(s.peer.fd, p)
 	if err != nil && err != unix.EAGAIN {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -9,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // loopResult is what relay returned.
@@ -255,4 +259,30 @@ func TestLoopRelayEnds(t *testing.T) {
 func isReset(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "read"
+}
+
+// TestLoopRelayCountsLive checks that a loop session's bytes reach
+// silo_proxy_relay_bytes_total while the session is still open, and that
+// its end adds nothing twice.
+func TestLoopRelayCountsLive(t *testing.T) {
+	env := startEnv(t, testConfig(t, false), Options{Relay: RelayLoop})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, connString(env.srv, "a", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := env.srv.Metrics()
+	up := func() float64 { return testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirClientToServer)) }
+	down := func() float64 { return testutil.ToFloat64(m.relayBytes.WithLabelValues("a", dirServerToClient)) }
+	before := up()
+	queryText(t, c, "select 'live'")
+	waitFor(t, "bytes counted during the session", func() bool { return up() > before && down() > 0 })
+	open := up()
+	c.Close(ctx)
+	terminate := float64(5) // pgconn's Terminate
+	waitFor(t, "session ended", func() bool { return env.silos.leases("a") == 0 })
+	if got := up(); got != open+terminate {
+		t.Fatalf("client_to_server %v after the session, want %v (counted during it) + %v (Terminate)", got, open, terminate)
+	}
 }

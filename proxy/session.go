@@ -11,6 +11,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/silo-proxy/silo-proxy/config"
 	"github.com/silo-proxy/silo-proxy/spawner"
 )
@@ -96,10 +98,10 @@ func (s *Server) serveConn(raw net.Conn) {
 		client: conn,
 		server: server,
 		target: cancelTarget{silo: silo, socketPath: lease.SocketPath},
+		up:     s.metrics.relayBytes.WithLabelValues(silo, dirClientToServer),
+		down:   s.metrics.relayBytes.WithLabelValues(silo, dirServerToClient),
 	}
 	c2s, s2c, err := sess.run(st.Raw)
-	s.metrics.relayBytes.WithLabelValues(silo, dirClientToServer).Add(float64(c2s))
-	s.metrics.relayBytes.WithLabelValues(silo, dirServerToClient).Add(float64(s2c))
 	if log.enabled(slog.LevelDebug) {
 		log.get().Debug("session ended", "client_to_server", c2s, "server_to_client", s2c, "err", err)
 	}
@@ -310,10 +312,13 @@ type session struct {
 	server *net.UnixConn
 	target cancelTarget
 	key    []byte // BackendKeyData payload, once seen
+	// up and down count the bytes relayed each way: as they move with
+	// the relay loop, when the session ends with the goroutine relay.
+	up, down prometheus.Counter
 }
 
 // run relays the session until both directions ended and returns the
-// bytes relayed each way.
+// bytes relayed each way, which it has counted in up and down.
 //
 // Client-to-server bytes are copied raw from the first moment: they are
 // authentication messages and possibly a pipelined query, and nothing in
@@ -335,6 +340,10 @@ func (ss *session) run(startup []byte) (c2s, s2c int64, err error) {
 			return c2s, s2c, err
 		}
 	}
+	defer func() {
+		ss.up.Add(float64(c2s))
+		ss.down.Add(float64(s2c))
+	}()
 
 	up := &copier{dst: ss.server, src: ss.client}
 	var upBuf, downBuf *[]byte
@@ -381,7 +390,8 @@ func (ss *session) run(startup []byte) (c2s, s2c int64, err error) {
 	}
 	<-upDone
 	ss.client.Close()
-	return up.n, s2c, errors.Join(err, up.err)
+	c2s = up.n
+	return c2s, s2c, errors.Join(err, up.err)
 }
 
 // startupPhase forwards the postmaster's messages until the first
