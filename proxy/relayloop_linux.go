@@ -296,7 +296,14 @@ func dupConn(c net.Conn) (int, error) {
 }
 
 // run serves the loop forever: loops live as long as the process.
+//
+// The goroutine keeps its OS thread, as PgBouncer's loop is one thread:
+// the kernel then wakes the same task every time and places it by its own
+// history (wake-affine) next to the client and the backend it relays,
+// where a goroutine that moves between threads after each preemption
+// starts over on a thread the scheduler knows nothing of.
 func (l *relayLoop) run() {
+	runtime.LockOSThread()
 	for {
 		n, err := l.wait()
 		if err != nil {
@@ -305,10 +312,11 @@ func (l *relayLoop) run() {
 			}
 			panic("relay loop: epoll_wait: " + err.Error())
 		}
+		admit := false
 		for i := range n {
 			ev := l.events[i]
 			if ev.Fd == int32(l.wakefd) {
-				l.admit()
+				admit = true
 				continue
 			}
 			s := l.sides[ev.Fd]
@@ -316,6 +324,12 @@ func (l *relayLoop) run() {
 				continue // closed by an earlier event of this batch
 			}
 			l.handle(s, ev.Events)
+		}
+		// New sessions join after the batch: one may have a descriptor
+		// number that a session closed in this batch had, and a later
+		// event of the batch, meant for the old one, must not reach it.
+		if admit {
+			l.admit()
 		}
 	}
 }

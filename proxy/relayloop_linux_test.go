@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -285,4 +286,58 @@ func TestLoopRelayCountsLive(t *testing.T) {
 	if got := up(); got != open+terminate {
 		t.Fatalf("client_to_server %v after the session, want %v (counted during it) + %v (Terminate)", got, open, terminate)
 	}
+}
+
+// TestLoopLetsTheCollectorRun checks that a loop waiting in a raw system
+// call does not hold up a stop-the-world phase: garbage collections must
+// complete while a session keeps the loop busy and while it idles.
+func TestLoopLetsTheCollectorRun(t *testing.T) {
+	p := startLoopPair(t, "tcp", time.Minute, nil)
+	defer p.client.Close()
+	defer p.server.Close()
+	p.server.Write(readyForQuery)
+	if _, err := io.ReadFull(p.client, make([]byte, len(readyForQuery))); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	pinged := make(chan struct{})
+	go func() { // the postmaster echoes
+		io.Copy(p.server, p.server)
+	}()
+	go func() { // the client ping-pongs until told to stop
+		defer close(pinged)
+		b := make([]byte, 64)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := p.client.Write(b); err != nil {
+				return
+			}
+			if _, err := io.ReadFull(p.client, b); err != nil {
+				return
+			}
+		}
+	}()
+	gcs := func(what string) {
+		done := make(chan struct{})
+		go func() {
+			for range 20 {
+				runtime.GC()
+			}
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("20 garbage collections did not finish while the loop was %s", what)
+		}
+	}
+	gcs("busy")
+	close(stop)
+	<-pinged
+	time.Sleep(50 * time.Millisecond) // past busyWait: the loop idles
+	gcs("idle")
 }
