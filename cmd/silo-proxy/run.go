@@ -46,6 +46,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: silo-proxy run --config FILE [--log-level LEVEL] [--log-format text|json] [--shutdown-grace 30s]")
 		fmt.Fprintln(stderr, "Serves PostgreSQL clients, routing each database to its silo.")
+		fmt.Fprintln(stderr, "Environment: "+relayEnv+"=loop|goroutines selects the relay of plaintext sessions (default loop).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
