@@ -27,14 +27,7 @@ for tool in strace perf; do
 done
 : "${DURATION:=8}" "${RELAYS=splice,rw,epoll,epollraw}" "${OUT:=bench/profile}"
 PGBOUNCER=$(command -v pgbouncer 2>/dev/null || { [ -x /usr/sbin/pgbouncer ] && echo /usr/sbin/pgbouncer; } || true)
-mkdir -p bin
-if [ -n "${SILO_PROXY:-}" ]; then
-	PROXY=$SILO_PROXY
-else
-	go build -o bin/silo-proxy ./cmd/silo-proxy
-	PROXY=bin/silo-proxy
-fi
-go build -o bin/silo-bench ./bench/harness
+build_bench
 args=(-proxy "$PROXY" -pgbouncer "$PGBOUNCER" -duration "${DURATION}s" -profile "$OUT" -points "${POINT:-simple/8}")
 for e in ${PROXY_ENV:-}; do args+=(-proxy-env "$e"); done
 if [ -n "$RELAYS" ]; then

@@ -67,14 +67,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "open files limit: $(ulimit -n)"
 
-mkdir -p bin
-if [ -n "${SILO_PROXY:-}" ]; then
-	PROXY=$SILO_PROXY
-else
-	go build -o bin/silo-proxy ./cmd/silo-proxy
-	PROXY=bin/silo-proxy
-fi
-go build -o bin/silo-bench ./bench/harness
+build_bench
 args=(-proxy "$PROXY" -pgbouncer "$PGBOUNCER" -rounds "$ROUNDS" -duration "${DURATION}s" -warmup "${WARMUP}s"
 	-cold "$COLD" -idle "$IDLE" -out "$OUT")
 if [ -n "${RELAYS:-}" ]; then

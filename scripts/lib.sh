@@ -53,3 +53,17 @@ ensure_packages() {
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 	have_postgres || { echo "PostgreSQL server binaries still not found after install" >&2; return 1; }
 }
+
+# build_bench builds bin/silo-bench (the benchmark harness) and sets PROXY
+# to the silo-proxy binary to measure: $SILO_PROXY when given, else a
+# fresh bin/silo-proxy built from this tree.
+build_bench() {
+	mkdir -p bin
+	if [ -n "${SILO_PROXY:-}" ]; then
+		PROXY=$SILO_PROXY
+	else
+		go build -o bin/silo-proxy ./cmd/silo-proxy
+		PROXY=bin/silo-proxy
+	fi
+	go build -o bin/silo-bench ./bench/harness
+}

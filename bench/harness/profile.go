@@ -51,17 +51,8 @@ func profileRun(o options, dir string) error {
 		}
 	}()
 	b.state = filepath.Join(b.work, "state")
-	for _, p := range []*int{&b.proxyPort, &b.adminPort, &b.plainPort, &b.pgbPort} {
-		if *p, err = freePort(); err != nil {
-			return err
-		}
-	}
-	for range b.variants {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		b.relayPorts = append(b.relayPorts, port)
+	if err := b.pickPorts(); err != nil {
+		return err
 	}
 	b.res = newResults(o, b)
 	if err := b.setup(); err != nil {
@@ -138,18 +129,29 @@ type straceResult struct {
 
 var reStraceLine = regexp.MustCompile(`^\s*[0-9.]+\s+[0-9.]+\s+[0-9]+\s+([0-9]+)\s+(?:[0-9]+\s+)?(\w+)\s*$`)
 
+// pgbenchUnder starts tool (named name in errors), which attaches to t's
+// middle process, gives it settle to attach, runs pgbench on t and stops
+// the tool with SIGINT, so that it writes what it recorded.
+func pgbenchUnder(name string, tool *exec.Cmd, settle time.Duration, t target, p point, d time.Duration, password string) (sample, error) {
+	if err := tool.Start(); err != nil {
+		return sample{}, fmt.Errorf("%s: %w", name, err)
+	}
+	time.Sleep(settle)
+	s := runPgbench(t, p, d, benchSilo, password)
+	tool.Process.Signal(syscall.SIGINT)
+	tool.Wait()
+	return s, nil
+}
+
 // straceCount counts the system calls of t's middle process, all threads,
 // during one pgbench run.
 func straceCount(t target, p point, d time.Duration, password, out string) (straceResult, error) {
 	var r straceResult
 	cmd := exec.Command("strace", "-c", "-f", "-p", strconv.Itoa(t.pid()), "-o", out)
-	if err := cmd.Start(); err != nil {
-		return r, fmt.Errorf("strace: %w", err)
+	s, err := pgbenchUnder("strace", cmd, 500*time.Millisecond, t, p, d, password)
+	if err != nil {
+		return r, err
 	}
-	time.Sleep(500 * time.Millisecond)
-	s := runPgbench(t, p, d, benchSilo, password)
-	cmd.Process.Signal(syscall.SIGINT)
-	cmd.Wait()
 	if s.Failed != "" {
 		return r, fmt.Errorf("pgbench under strace: %s", s.Failed)
 	}
@@ -184,13 +186,10 @@ func perfStat(t target, p point, d time.Duration, password, out string) (perfSta
 	var r perfStatResult
 	cmd := exec.Command("perf", "stat", "-x", ",", "-e", "task-clock,context-switches,cpu-migrations",
 		"-p", strconv.Itoa(t.pid()), "-o", out)
-	if err := cmd.Start(); err != nil {
-		return r, fmt.Errorf("perf stat: %w", err)
+	s, err := pgbenchUnder("perf stat", cmd, 300*time.Millisecond, t, p, d, password)
+	if err != nil {
+		return r, err
 	}
-	time.Sleep(300 * time.Millisecond)
-	s := runPgbench(t, p, d, benchSilo, password)
-	cmd.Process.Signal(syscall.SIGINT)
-	cmd.Wait()
 	if s.Failed != "" {
 		return r, fmt.Errorf("pgbench under perf stat: %s", s.Failed)
 	}
@@ -234,13 +233,9 @@ func perfRecord(t target, p point, d time.Duration, password, out string) error 
 	cmd := exec.Command("perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-p", strconv.Itoa(t.pid()), "-o", data)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("perf record: %w", err)
+	if _, err := pgbenchUnder("perf record", cmd, 300*time.Millisecond, t, p, d, password); err != nil {
+		return err
 	}
-	time.Sleep(300 * time.Millisecond)
-	runPgbench(t, p, d, benchSilo, password)
-	cmd.Process.Signal(syscall.SIGINT)
-	cmd.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	flat, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol", "-g", "none", "--percent-limit", "0.7").CombinedOutput()

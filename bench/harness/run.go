@@ -84,17 +84,8 @@ func run(o options) error {
 		defer fmt.Fprintf(os.Stderr, "silo-bench: work directory kept: %s\n", b.work)
 	}
 	b.state = filepath.Join(b.work, "state")
-	for _, p := range []*int{&b.proxyPort, &b.adminPort, &b.plainPort, &b.pgbPort} {
-		if *p, err = freePort(); err != nil {
-			return err
-		}
-	}
-	for range b.variants {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		b.relayPorts = append(b.relayPorts, port)
+	if err := b.pickPorts(); err != nil {
+		return err
 	}
 	b.res = newResults(o, b)
 
@@ -133,6 +124,23 @@ func run(o options) error {
 		}
 	}
 	return b.res.write(o.out, b.work)
+}
+
+// pickPorts picks free ports for every server the bench starts.
+func (b *bench) pickPorts() (err error) {
+	for _, p := range []*int{&b.proxyPort, &b.adminPort, &b.plainPort, &b.pgbPort} {
+		if *p, err = freePort(); err != nil {
+			return err
+		}
+	}
+	for range b.variants {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		b.relayPorts = append(b.relayPorts, port)
+	}
+	return nil
 }
 
 // setup starts silo-proxy, lets it bootstrap the bench silo (initdb and
